@@ -1,0 +1,158 @@
+"""The JSON API: `/api/messages` (read and post) and `/api/status`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from .messages import Message
+from .problems import HTTPProblem
+from .state import AppState, read_json_body, remember_write, wrote_cookie
+
+router = APIRouter(prefix="/api", tags=["messages"])
+
+JSON = "application/json"
+
+
+class MessageIn(BaseModel):
+    """A new message. Leading and trailing white space is trimmed."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(
+        min_length=1,
+        description="The message; at most GUESTBOOK_MAX_MESSAGE_CHARS characters (500) after "
+        "trimming, no control characters other than newline and tab.",
+    )
+
+
+class MessageOut(BaseModel):
+    id: str = Field(description="Stream id: unique and time-ordered, e.g. 1764156357123-0")
+    text: str
+    created_at: str = Field(description="UTC, e.g. 2026-11-26T11:25:57.123Z")
+
+
+class MessagePage(BaseModel):
+    messages: list[MessageOut]
+    next: str | None = Field(description="Pass as `before` for the next (older) page")
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+class ServerInfo(BaseModel):
+    url: str
+    reachable: bool
+    link: str | None
+    lag_bytes: int | None
+    lag_seconds: int | None
+
+
+class Status(BaseModel):
+    instance: str
+    mode: str
+    leader: ServerInfo
+    followers: list[ServerInfo]
+    message_count: int | None
+    last_id: str | None
+    live_clients: int
+    reading_from: str
+
+
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Problem, "content": {"application/problem+json": {}}} for code in codes}
+
+
+def encode_page(messages: list[Message], limit: int) -> bytes:
+    more = len(messages) > limit
+    shown = messages[:limit]
+    body = {
+        "messages": [m.as_dict() for m in shown],
+        "next": shown[-1].id if more and shown else None,
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@router.get(
+    "/messages",
+    summary="List messages, newest first",
+    response_model=MessagePage,
+    responses=_problems(400, 503),
+)
+async def list_messages(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=200, description="Messages per page")] = 50,
+    before: Annotated[
+        str | None,
+        Query(
+            pattern=r"^\d{1,20}-\d{1,20}$",
+            description="Only messages older than this id (the `next` of the previous page)",
+        ),
+    ] = None,
+) -> Response:
+    """A page of messages, newest first; follow `next` (as `before`) for older ones."""
+    state: AppState = request.state.app
+    must_include = wrote_cookie(request)
+    if before is None:
+        cached = state.feed.first_page(limit, must_include)
+        if cached is not None:
+            state.metrics.page_cache.labels("hit").inc()
+            encoded = state.feed.encoded(("api", limit), lambda: encode_page(cached, limit))
+            return Response(encoded, media_type=JSON)
+        state.metrics.page_cache.labels("miss").inc()
+    page = await state.store.page(limit, before, must_include)
+    state.read_from = page.source
+    body = {"messages": [m.as_dict() for m in page.messages], "next": page.next}
+    return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), media_type=JSON)
+
+
+@router.post(
+    "/messages",
+    summary="Post a message",
+    status_code=201,
+    response_model=MessageOut,
+    responses=_problems(400, 413, 415, 422, 429, 503),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": MessageIn.model_json_schema()}},
+        }
+    },
+)
+async def post_message(request: Request) -> Response:
+    """Append a message. The answer is the stored message, with its id and time."""
+    state: AppState = request.state.app
+    payload = await read_json_body(request)
+    if not isinstance(payload, dict):
+        raise HTTPProblem(422, 'The body must be a JSON object such as {"text": "Hello"}.')
+    unknown = set(payload) - {"text"}
+    if unknown:
+        raise HTTPProblem(422, f"Unknown field(s): {', '.join(sorted(unknown))}.")
+    text = payload.get("text")
+    if not isinstance(text, str):
+        raise HTTPProblem(422, "'text' is required and must be a string.")
+    message = await state.post(request, text)
+    response = Response(
+        json.dumps(message.as_dict(), ensure_ascii=False),
+        status_code=201,
+        media_type=JSON,
+    )
+    remember_write(response, message.id)
+    return response
+
+
+@router.get("/status", summary="This instance and its store", response_model=Status)
+async def status(request: Request) -> Response:
+    """Which instance answered, the store mode, each server's reachability and lag, the count.
+
+    Addresses are shown without passwords.
+    """
+    state: AppState = request.state.app
+    return Response(json.dumps(await state.status_dict(), ensure_ascii=False), media_type=JSON)

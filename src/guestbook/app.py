@@ -1,0 +1,157 @@
+"""`create_app(settings, address)`: the web app, its lifespan, middleware, routers and error
+handlers. Store clients are created in the lifespan and closed on the way out; nothing connects
+at import time."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
+
+from . import __version__, api, docs, legacy, ops, pages
+from .errors import (
+    InvalidCursor,
+    InvalidMessage,
+    LeaderUnavailable,
+    ReplicationTimeout,
+    StoreUnavailable,
+)
+from .feed import Feed
+from .observability import Metrics, RequestMiddleware
+from .problems import HTTPProblem, legacy_error, problem_response
+from .ratelimit import RateLimiter
+from .settings import Settings, StoreAddress
+from .state import AppState
+from .store import MessageStore
+
+log = logging.getLogger("guestbook")
+LEGACY_PATHS = ("/guestbook.php", "/guestbook")
+
+
+def create_app(settings: Settings, address: StoreAddress, instance: str | None = None) -> FastAPI:
+    if address.leader_url is None:
+        raise ValueError("create_app needs a leader URL; start the embedded store first")
+    leader_url = address.leader_url
+    metrics = Metrics()
+    name = instance or socket.gethostname()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        store = MessageStore(
+            leader_url,
+            address.follower_urls,
+            timeout=settings.store_timeout,
+            write_replicas=settings.write_replicas,
+        )
+        feed = Feed(store)
+        state = AppState(
+            settings=settings,
+            store=store,
+            feed=feed,
+            metrics=metrics,
+            instance=name,
+            mode=address.mode,
+            limiter=RateLimiter(settings.rate_limit),
+        )
+        app.state.guestbook = state
+        feed.start()
+        log.info(
+            "guestbook ready: %s store, leader %s, %d follower(s)",
+            address.mode,
+            store.leader_name,
+            len(store.follower_names),
+        )
+        try:
+            yield {"app": state}
+        finally:
+            state.shutting_down = True
+            await feed.stop()
+            await store.close()
+
+    app = FastAPI(
+        title="Guestbook",
+        version=__version__,
+        summary="The Kubernetes guestbook: post and read messages.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.include_router(pages.router)
+    app.include_router(api.router)
+    app.include_router(legacy.router)
+    app.include_router(ops.router)
+    app.include_router(docs.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), "static")
+    assets = docs.swagger_assets()
+    if assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=assets), "docs-assets")
+    _install_error_handlers(app)
+    app.add_middleware(RequestMiddleware, metrics=metrics)
+    return app
+
+
+def _error(
+    request: Request, status: int, detail: str, headers: dict[str, str] | None = None
+) -> Response:
+    if request.url.path in LEGACY_PATHS:
+        return legacy_error(status, detail, headers)
+    return problem_response(status, detail, headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPProblem)
+        return _error(request, exc.status, exc.detail, exc.headers)
+
+    async def on_invalid_message(request: Request, exc: Exception) -> Response:
+        return _error(request, 422, str(exc))
+
+    async def on_invalid_cursor(request: Request, exc: Exception) -> Response:
+        return _error(request, 400, str(exc))
+
+    async def on_unavailable(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, LeaderUnavailable):
+            detail = "The guestbook is read-only right now: the leader is unavailable."
+        elif isinstance(exc, ReplicationTimeout):
+            detail = str(exc)
+        else:
+            detail = "The message store is unavailable."
+        log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return _error(request, 503, detail, {"Retry-After": "2"})
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        parts = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ())[1:]) or "request"
+            parts.append(f"{where}: {error.get('msg', 'invalid')}")
+        return _error(request, 400, "Invalid parameters: " + "; ".join(parts) + ".")
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers) if exc.headers else None
+        detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
+        return _error(request, exc.status_code, detail, headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(request, 500, "Something went wrong on our side; it has been logged.")
+
+    app.add_exception_handler(HTTPProblem, on_problem)
+    app.add_exception_handler(InvalidMessage, on_invalid_message)
+    app.add_exception_handler(InvalidCursor, on_invalid_cursor)
+    app.add_exception_handler(StoreUnavailable, on_unavailable)
+    app.add_exception_handler(ReplicationTimeout, on_unavailable)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,140 @@
+"""The frontend's one reader of new messages.
+
+A single background task per process follows the stream on a follower (the leader when none
+answers) with blocking reads, keeps the newest messages in memory and tells subscribers about
+each new one. The first page, the most-read thing in the guestbook, is then served from memory,
+so its cost does not depend on how many messages exist or how many clients ask; live clients
+share this one reader instead of holding a store connection each.
+
+The memory copy is trusted only while the reader is keeping up; otherwise reads go to the
+store. It never serves a page that lacks an id the reader is known to need (its own write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .errors import StoreUnavailable
+from .messages import Message, id_key
+from .store import BLOCK_MS, MAX_PAGE, MessageStore
+
+log = logging.getLogger("guestbook.feed")
+
+Subscriber = Callable[[list[Message]], None]
+# One more than the largest page, so a full page knows whether older messages exist.
+KEEP = MAX_PAGE + 1
+
+
+class Feed:
+    def __init__(self, store: MessageStore) -> None:
+        self.store = store
+        self.recent: deque[Message] = deque(maxlen=KEEP)  # oldest first
+        self.head_id: str | None = None
+        self.source = "leader"
+        self.version = 0
+        self._synced = False
+        self._fresh_at = 0.0
+        self._stale_after = BLOCK_MS / 1000 + store.timeout + 0.5
+        self._subscribers: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._encoded: dict[object, bytes] = {}
+        self._encoded_version = -1
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="guestbook-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def live(self) -> bool:
+        return self._synced and time.monotonic() - self._fresh_at < self._stale_after
+
+    # --- subscribers ---------------------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call `callback` with each batch of new messages (oldest first); returns unsubscribe."""
+        self._subscribers.add(callback)
+        return lambda: self._subscribers.discard(callback)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def first_page(self, limit: int, must_include: str | None) -> list[Message] | None:
+        """The newest `limit` messages, newest first, or None when memory cannot answer."""
+        if not self.live:
+            return None
+        wanted = must_include or self.store.last_write_id
+        if wanted is not None and (self.head_id is None or id_key(self.head_id) < id_key(wanted)):
+            return None
+        items = list(self.recent)
+        items.reverse()
+        return items[: limit + 1]
+
+    def encoded(self, key: object, build: Callable[[], bytes]) -> bytes:
+        """A response body built once per key and cache version (dropped on any change)."""
+        if self._encoded_version != self.version:
+            self._encoded.clear()
+            self._encoded_version = self.version
+        body = self._encoded.get(key)
+        if body is None:
+            body = self._encoded[key] = build()
+        return body
+
+    # --- the reader ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                if self._synced and self.head_id is not None:
+                    batch, self.source = await self.store.watch(self.head_id)
+                else:
+                    await self._sync()
+                    batch = []
+            except StoreUnavailable:
+                self._fresh_at = 0.0
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            except Exception:
+                log.exception("the live feed reader failed; retrying")
+                self._fresh_at = 0.0
+                await asyncio.sleep(1.0)
+                continue
+            delay = 0.05
+            self._fresh_at = time.monotonic()
+            if batch:
+                self._add(batch)
+
+    async def _sync(self) -> None:
+        messages, self.source = await self.store.head(KEEP)
+        self.recent.clear()
+        self.recent.extend(messages)
+        self.head_id = messages[-1].id if messages else "0-0"
+        self._synced = True
+        self.version += 1
+
+    def _add(self, batch: list[Message]) -> None:
+        self.recent.extend(batch)
+        self.head_id = batch[-1].id
+        self.version += 1
+        for callback in list(self._subscribers):
+            try:
+                callback(batch)
+            except Exception:
+                log.exception("a live subscriber failed")

@@ -1,0 +1,72 @@
+"""The original PHP frontend's API, `guestbook.php?cmd=get|set&key=messages`, kept for old pages
+and for the Kubernetes conformance test (which calls it as `/guestbook`).
+
+It never deletes or rewrites: `set` appends only the last comma-separated entry of `value`,
+which is what the old page sends as new. `get` joins the newest messages, oldest first, with
+commas, as the old page expects (a comma inside a message cannot be told apart there).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from .problems import HTTPProblem
+from .state import AppState, remember_write
+from .store import LEGACY_LIMIT
+
+router = APIRouter(tags=["legacy"])
+
+KEYS = (None, "messages", "guestbook")
+
+
+async def _legacy(
+    request: Request, cmd: str | None, key: str | None, value: str | None
+) -> Response:
+    state: AppState = request.state.app
+    if key not in KEYS:
+        raise HTTPProblem(400, f"Unknown key {key!r}: only 'messages' is kept.")
+    if cmd == "get":
+        messages = await state.store.newest_oldest_first(LEGACY_LIMIT)
+        # json.dumps' default separators give exactly the PHP page's `{"data": "..."}`.
+        return Response(
+            json.dumps({"data": ",".join(m.text for m in messages)}), media_type="application/json"
+        )
+    if cmd == "set":
+        if value is None:
+            raise HTTPProblem(400, "cmd=set needs a value.")
+        entry = value.rsplit(",", 1)[-1].strip()
+        if not entry:
+            raise HTTPProblem(400, "The last entry of value is empty.")
+        message = await state.post(request, entry)
+        response = Response(json.dumps({"message": "Updated"}), media_type="application/json")
+        remember_write(response, message.id)
+        return response
+    raise HTTPProblem(400, "cmd must be 'get' or 'set'.")
+
+
+Cmd = Annotated[str | None, Query(description="get or set")]
+Key = Annotated[str | None, Query(description="messages (or guestbook); may be left out")]
+Value = Annotated[
+    str | None,
+    Query(description="set: the whole comma-joined list; its last entry is appended"),
+]
+
+
+@router.get("/guestbook.php", summary="Legacy PHP API")
+async def guestbook_php(
+    request: Request, cmd: Cmd = None, key: Key = None, value: Value = None
+) -> Response:
+    """`cmd=get` answers `{"data": "m1,m2,..."}`; `cmd=set` answers `{"message": "Updated"}`."""
+    return await _legacy(request, cmd, key, value)
+
+
+@router.get("/guestbook", summary="Legacy API (conformance-test path)")
+async def guestbook(
+    request: Request, cmd: Cmd = None, key: Key = None, value: Value = None
+) -> Response:
+    """The same as `/guestbook.php`, under the path the Kubernetes conformance test uses."""
+    return await _legacy(request, cmd, key, value)

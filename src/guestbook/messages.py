@@ -1,0 +1,84 @@
+"""What a message is, which texts are acceptable, and how stream ids read.
+
+Pure functions only: no I/O, so the web, the CLI and the store all check text the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .errors import InvalidCursor, InvalidMessage
+
+_STREAM_ID = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
+_U64 = 2**64
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    text: str
+    created_at: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.id, "text": self.text, "created_at": self.created_at}
+
+
+def clean_text(raw: str, max_chars: int) -> str:
+    """The text as it will be stored, or `InvalidMessage` saying what is wrong with it.
+
+    Browsers send CR LF for a line break; it becomes LF so that the contract's rule (control
+    characters other than newline and tab are forbidden) does not reject ordinary form input.
+    """
+    text = raw.replace("\r\n", "\n").strip()
+    if not text:
+        raise InvalidMessage("The message is empty.")
+    if len(text) > max_chars:
+        raise InvalidMessage(
+            f"The message is {len(text)} characters long; the limit is {max_chars}."
+        )
+    for char in text:
+        if char in "\n\t":
+            continue
+        category = unicodedata.category(char)
+        if category == "Cc":
+            raise InvalidMessage(
+                f"The message contains a control character (U+{ord(char):04X}); "
+                "only newline and tab are allowed."
+            )
+        if category == "Cs":
+            raise InvalidMessage("The message contains an unpaired surrogate, which is not text.")
+    return text
+
+
+def parse_id(value: str, name: str = "before") -> tuple[int, int]:
+    """A stream id as (milliseconds, sequence), or `InvalidCursor` naming the parameter."""
+    match = _STREAM_ID.match(value)
+    if match is None:
+        raise InvalidCursor(f"'{name}' must be a message id such as 1764156357123-0.")
+    ms, seq = int(match[1]), int(match[2])
+    if ms >= _U64 or seq >= _U64:
+        raise InvalidCursor(f"'{name}' is out of range.")
+    return ms, seq
+
+
+def id_key(value: str) -> tuple[int, int]:
+    """Sort key for ids known to be valid (they came from the store)."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def iso_from_ms(ms: int) -> str:
+    """`2026-11-26T11:25:57.123Z`: UTC, milliseconds, as the contract shows."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def ms_from_iso(value: str) -> int:
+    """Milliseconds since the epoch from an ISO 8601 time (as `iso_from_ms` writes it)."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)

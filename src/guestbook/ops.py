@@ -1,0 +1,35 @@
+"""Probes and metrics: `/healthz`, `/readyz`, `/metrics`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import PlainTextResponse, Response
+
+from .state import AppState
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness", response_class=PlainTextResponse)
+async def healthz() -> Response:
+    """200 while the process serves requests."""
+    return PlainTextResponse("ok\n")
+
+
+@router.get("/readyz", summary="Readiness", response_class=PlainTextResponse)
+async def readyz(request: Request) -> Response:
+    """200 when reads can be served; 503 when no store server answers or while stopping."""
+    state: AppState = request.state.app
+    if state.shutting_down:
+        return PlainTextResponse("shutting down\n", status_code=503)
+    if state.feed.live or await state.store.readable():
+        return PlainTextResponse("ready\n")
+    return PlainTextResponse("store unavailable\n", status_code=503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    state: AppState = request.state.app
+    state.metrics.live_clients.set(state.feed.subscriber_count)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

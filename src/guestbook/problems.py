@@ -1,0 +1,45 @@
+"""Errors as clients see them: `application/problem+json` (RFC 9457) for the API and the page,
+`{"error": ...}` for the legacy endpoint. Never a stack trace or an internal detail."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+from starlette.responses import Response
+
+PROBLEM_TYPE = "about:blank"
+
+
+class HTTPProblem(Exception):
+    """Raised anywhere in a request to answer with a problem document."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def problem_response(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    body = {
+        "type": PROBLEM_TYPE,
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    return Response(
+        json.dumps(body, ensure_ascii=False),
+        status_code=status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
+
+
+def legacy_error(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps({"error": detail}, ensure_ascii=False),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,71 @@
+"""`guestbook serve`: the embedded store when none is configured, the web app on granian in
+this process, and an orderly stop on SIGTERM or Ctrl-C.
+
+Stopping goes: readiness turns 503 at once; after `drain` seconds (time for a load balancer to
+stop sending) the listener closes, requests in flight finish and the lifespan closes the store
+clients; last, the embedded store (if any) flushes its file and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import replace
+
+from granian.constants import Interfaces
+from granian.server.embed import Server
+
+from .app import create_app
+from .embedded import EmbeddedServer
+from .observability import configure_logging
+from .settings import Settings, StoreAddress, discover
+
+log = logging.getLogger("guestbook")
+
+
+def serve(settings: Settings, instance: str, drain: float = 0.0) -> None:
+    configure_logging(settings, instance)
+    address = discover(settings)
+    embedded: EmbeddedServer | None = None
+    if address.mode == "embedded":
+        embedded = EmbeddedServer.start(settings.data_dir)
+        address = replace(address, leader_url=embedded.url)
+        log.info("embedded store started in %s", settings.data_dir)
+    try:
+        asyncio.run(_run(settings, address, instance, drain))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            log.info("embedded store stopped")
+
+
+async def _run(settings: Settings, address: StoreAddress, instance: str, drain: float) -> None:
+    app = create_app(settings, address, instance)
+    server = Server(
+        app,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        backlog=2048,
+        log_enabled=False,
+    )
+    loop = asyncio.get_running_loop()
+    stopping = False
+
+    def on_signal(signum: int) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        state = getattr(app.state, "guestbook", None)
+        if state is not None:
+            state.shutting_down = True
+        loop.call_later(drain, server.stop)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    log.info("listening on http://%s:%d", settings.host, settings.port)
+    await server.serve()
+    log.info("stopped")

@@ -1,0 +1,487 @@
+"""The message store: one Redis stream, written on the leader, read from followers.
+
+Data model: every message is one entry of the stream `guestbook:messages`. `XADD` on the
+leader appends atomically and gives each entry a unique, time-ordered id, so concurrent
+writers never overwrite each other; a page is `XREVRANGE … COUNT n`, which costs the same at
+ten entries as at ten million. An entry holds the text (`t`) and, only for imported messages
+whose original time is not their id's, that time in milliseconds (`c`). Imports remember what
+they brought in the set `guestbook:imported`, which makes importing the same file twice a no-op.
+
+Reads go to a follower that answered recently, then to the leader; a server that fails or
+stalls is skipped for a short cool-down, so one hung follower costs one timeout, not one per
+request. A read that must include a given id (the reader's own write) goes to the leader when
+the follower has not caught up.
+
+This module knows nothing of HTTP or the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import LeaderUnavailable, ReplicationTimeout, StoreUnavailable
+from .messages import Message, id_key, iso_from_ms, parse_id
+from .settings import redact_url
+
+PREFIX = "guestbook:"
+STREAM = PREFIX + "messages"
+IMPORTED = PREFIX + "imported"
+MAX_PAGE = 200
+LEGACY_LIMIT = 1000
+# After a failure a server is left alone this long before it is tried again.
+COOL_DOWN = 2.0
+# How long one blocking read for new messages waits before it returns empty.
+BLOCK_MS = 1000
+
+T = TypeVar("T")
+Entry = tuple[str, dict[str, str]]
+
+# Append one imported message unless its source key was imported before. It keeps the
+# original id when that id still lies after the newest entry (so an import into an empty
+# guestbook is an exact copy), and otherwise appends with a new id and keeps the time in `c`.
+_IMPORT_SCRIPT = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return false end
+local wanted = ARGV[2]
+if wanted ~= '' then
+  local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
+  local last_id = '0-0'
+  if type(info) == 'table' and info['err'] == nil then
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then last_id = info[i + 1] end
+    end
+  end
+  local wms, wseq = string.match(wanted, '^(%d+)-(%d+)$')
+  local lms, lseq = string.match(last_id, '^(%d+)-(%d+)$')
+  wms, wseq, lms, lseq = tonumber(wms), tonumber(wseq), tonumber(lms), tonumber(lseq)
+  if wms > lms or (wms == lms and wseq > lseq) then
+    return redis.call('XADD', KEYS[1], wanted, 't', ARGV[3])
+  end
+end
+return redis.call('XADD', KEYS[1], '*', 't', ARGV[3], 'c', ARGV[4])
+"""
+
+
+@dataclass
+class Server:
+    """One Redis-protocol server and what we last saw of its health."""
+
+    url: str
+    role: str
+    client: Redis
+    # A second pool for blocking reads (XREAD BLOCK), whose socket timeout must outlast them.
+    blocking: Redis
+    down_until: float = 0.0
+    last_error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return redact_url(self.url)
+
+    def usable(self, now: float) -> bool:
+        return now >= self.down_until
+
+
+@dataclass(frozen=True)
+class Page:
+    messages: list[Message]
+    next: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    url: str
+    role: str
+    reachable: bool
+    link: str | None = None
+    lag_bytes: int | None = None
+    lag_seconds: int | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "reachable": self.reachable,
+            "link": self.link,
+            "lag_bytes": self.lag_bytes,
+            "lag_seconds": self.lag_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    leader: ServerStatus
+    followers: list[ServerStatus]
+    message_count: int | None
+    last_id: str | None
+
+    @property
+    def readable(self) -> bool:
+        return self.leader.reachable or any(f.reachable for f in self.followers)
+
+
+def _client(url: str, timeout: float) -> Redis:
+    # One quick retry lets a pooled connection that died with a restarted server reconnect;
+    # every call is also bounded by `timeout` as a whole, so retrying never stretches it.
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=0,
+        client_name="guestbook",
+    )
+
+
+@dataclass
+class MessageStore:
+    leader_url: str
+    follower_urls: Sequence[str] = ()
+    timeout: float = 1.0
+    write_replicas: int = 0
+    _leader: Server = field(init=False)
+    _followers: list[Server] = field(init=False)
+    _rotation: itertools.cycle[int] = field(init=False)
+    last_write_id: str | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._leader = self._server(self.leader_url, "leader")
+        self._followers = [self._server(url, "follower") for url in self.follower_urls]
+        self._rotation = itertools.cycle(range(max(1, len(self._followers))))
+
+    def _server(self, url: str, role: str) -> Server:
+        blocking = _client(url, self.timeout + BLOCK_MS / 1000)
+        return Server(url, role, _client(url, self.timeout), blocking)
+
+    async def close(self) -> None:
+        for server in (self._leader, *self._followers):
+            await server.client.aclose()
+            await server.blocking.aclose()
+
+    @property
+    def leader_name(self) -> str:
+        return self._leader.name
+
+    @property
+    def follower_names(self) -> list[str]:
+        return [f.name for f in self._followers]
+
+    # --- calls with a deadline -------------------------------------------------------------
+
+    async def _call(
+        self, server: Server, op: Callable[[Redis], Awaitable[T]], extra: float = 0.0
+    ) -> T:
+        """Run `op` on `server` within the timeout; record and raise `StoreUnavailable`."""
+        try:
+            async with asyncio.timeout(self.timeout + extra):
+                result = await op(server.blocking if extra else server.client)
+        except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+            server.down_until = time.monotonic() + COOL_DOWN
+            server.last_error = type(exc).__name__
+            raise StoreUnavailable(f"{server.role} {server.name} did not answer") from exc
+        except ResponseError as exc:
+            # LOADING (a restarted server reading its file) and MASTERDOWN are transient states
+            # of a server that cannot serve yet: treat them as unavailability.
+            if str(exc).startswith(("LOADING", "MASTERDOWN", "READONLY")):
+                server.down_until = time.monotonic() + COOL_DOWN
+                server.last_error = str(exc).split(" ", 1)[0]
+                raise StoreUnavailable(f"{server.role} {server.name} cannot serve yet") from exc
+            raise
+        server.down_until = 0.0
+        server.last_error = None
+        return result
+
+    def _readers(self) -> list[Server]:
+        """Followers that answered recently (rotating), then the leader, then the rest."""
+        now = time.monotonic()
+        order: list[Server] = []
+        if self._followers:
+            start = next(self._rotation) % len(self._followers)
+            rotated = self._followers[start:] + self._followers[:start]
+            order.extend(f for f in rotated if f.usable(now))
+        order.append(self._leader)
+        # Servers in cool-down are still tried last: better a slow answer than none.
+        order.extend(f for f in self._followers if not f.usable(now))
+        return order
+
+    async def _read(self, op: Callable[[Redis], Awaitable[T]]) -> tuple[T, Server]:
+        last: StoreUnavailable | None = None
+        for server in self._readers():
+            try:
+                return await self._call(server, op), server
+            except StoreUnavailable as exc:
+                last = exc
+        raise StoreUnavailable("no store server could serve the read") from last
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def append(self, text: str) -> Message:
+        """Append a message on the leader; with write_replicas, wait until followers have it."""
+
+        async def add(client: Redis) -> str:
+            return str(await client.xadd(STREAM, {"t": text}))
+
+        try:
+            entry_id = await self._call(self._leader, add)
+        except StoreUnavailable as exc:
+            raise LeaderUnavailable("the leader cannot take writes right now") from exc
+        self._note_write(entry_id)
+        if self.write_replicas:
+            await self._wait_replicas()
+        return Message(entry_id, text, iso_from_ms(id_key(entry_id)[0]))
+
+    async def _wait_replicas(self) -> None:
+        wait_ms = max(1, int(self.timeout * 1000 * 0.8))
+
+        async def wait(client: Redis) -> int:
+            return int(await client.wait(self.write_replicas, wait_ms))
+
+        try:
+            acked = await self._call(self._leader, wait)
+        except StoreUnavailable as exc:
+            raise LeaderUnavailable("the leader stopped answering during the write") from exc
+        if acked < self.write_replicas:
+            raise ReplicationTimeout(
+                f"the message was written, but only {acked} of {self.write_replicas} "
+                "followers confirmed it in time"
+            )
+
+    def _note_write(self, entry_id: str) -> None:
+        if self.last_write_id is None or id_key(entry_id) > id_key(self.last_write_id):
+            self.last_write_id = entry_id
+
+    async def import_message(
+        self, source_key: str, text: str, created_ms: int, wanted_id: str | None
+    ) -> str | None:
+        """Append an imported message once per source key; the new id, or None if seen."""
+
+        async def run(client: Redis) -> Any:
+            return await client.eval(
+                _IMPORT_SCRIPT,
+                2,
+                STREAM,
+                IMPORTED,
+                source_key,
+                wanted_id or "",
+                text,
+                str(created_ms),
+            )
+
+        try:
+            result = await self._call(self._leader, run)
+        except StoreUnavailable as exc:
+            raise LeaderUnavailable("the leader cannot take writes right now") from exc
+        if result is None:
+            return None
+        self._note_write(str(result))
+        return str(result)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def page(
+        self, limit: int = 50, before: str | None = None, must_include: str | None = None
+    ) -> Page:
+        """Newest first, `limit` messages older than `before`; `next` is the cursor onwards.
+
+        `must_include` is an id the reader wrote: when a follower's newest entry is older,
+        the page comes from the leader instead, so a poster always sees their own message.
+        """
+        if before is not None:
+            parse_id(before)
+        limit = max(1, min(MAX_PAGE, limit))
+        wanted = _newest(must_include, self.last_write_id)
+        high = f"({before}" if before else "+"
+
+        async def fetch(client: Redis) -> tuple[list[Entry], str | None]:
+            if before is None:
+                entries = await _xrevrange(client, high, limit + 1)
+                return entries, entries[0][0] if entries else None
+            pipe = client.pipeline(transaction=False)
+            pipe.xrevrange(STREAM, high, "-", count=limit + 1)
+            pipe.xrevrange(STREAM, "+", "-", count=1)
+            entries, head = cast(tuple[list[Entry], list[Entry]], await pipe.execute())
+            return entries, head[0][0] if head else None
+
+        (entries, head), server = await self._read(fetch)
+        if (
+            wanted is not None
+            and server is not self._leader
+            and (head is None or id_key(head) < id_key(wanted))
+        ):
+            try:
+                entries, head = await self._call(self._leader, fetch)
+                server = self._leader
+            except StoreUnavailable:
+                pass  # the follower's slightly older page beats no page
+        more = len(entries) > limit
+        entries = entries[:limit]
+        messages = [_message(entry) for entry in entries]
+        return Page(messages, messages[-1].id if more and messages else None, server.role)
+
+    async def head(self, count: int) -> tuple[list[Message], str]:
+        """The newest `count` messages, oldest first, and the role of the server read."""
+        entries, server = await self._read(lambda c: _xrevrange(c, "+", count))
+        return [_message(entry) for entry in reversed(entries)], server.role
+
+    async def watch(self, after_id: str) -> tuple[list[Message], str]:
+        """Wait up to BLOCK_MS for messages newer than `after_id` on the best reader.
+
+        Ids are the leader's, the same on every follower, so a watch may move between servers
+        without losing or repeating anything.
+        """
+        last: StoreUnavailable | None = None
+        for server in self._readers():
+
+            async def block(client: Redis) -> Any:
+                return await client.xread({STREAM: after_id}, count=500, block=BLOCK_MS)
+
+            try:
+                result = await self._call(server, block, extra=BLOCK_MS / 1000)
+            except StoreUnavailable as exc:
+                last = exc
+                continue
+            entries: list[Entry] = result[0][1] if result else []
+            return [_message(entry) for entry in entries], server.role
+        raise StoreUnavailable("no store server could serve the watch") from last
+
+    async def after(self, after_id: str, count: int = 1000) -> list[Message]:
+        """Messages newer than `after_id`, oldest first (for resuming a live feed)."""
+        parse_id(after_id, "after")
+
+        async def fetch(client: Redis) -> list[Entry]:
+            return await _xrange(client, f"({after_id}", count)
+
+        entries, _ = await self._read(fetch)
+        return [_message(entry) for entry in entries]
+
+    async def newest_oldest_first(self, limit: int = LEGACY_LIMIT) -> list[Message]:
+        """The newest `limit` messages in the order they were written (the legacy view)."""
+
+        def fetch(client: Redis) -> Awaitable[list[Entry]]:
+            return _xrevrange(client, "+", limit)
+
+        entries, _ = await self._read(fetch)
+        wanted = self.last_write_id
+        if wanted is not None and (not entries or id_key(entries[0][0]) < id_key(wanted)):
+            with contextlib.suppress(StoreUnavailable):
+                entries = await self._call(self._leader, fetch)
+        return [_message(entry) for entry in reversed(entries)]
+
+    async def iter_all(self, batch: int = 500) -> Iterable[Message]:
+        """Every message, oldest first, read in batches (for export)."""
+        out: list[Message] = []
+        low = "-"
+        while True:
+            entries, _ = await self._read(partial(_xrange, low=low, count=batch))
+            out.extend(_message(entry) for entry in entries)
+            if len(entries) < batch:
+                return out
+            low = f"({entries[-1][0]}"
+
+    async def count(self) -> int:
+        result, _ = await self._read(lambda c: c.xlen(STREAM))
+        return int(result)
+
+    async def readable(self) -> bool:
+        """True when some server answers a read now (for readiness)."""
+        try:
+            await self._read(lambda c: c.ping())
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def status(self) -> StoreStatus:
+        """Reachability, replication link and lag of every server, and the message count."""
+        leader_info = await self._info(self._leader)
+        leader_offset = _int_or_none(leader_info, "master_repl_offset") if leader_info else None
+        leader = ServerStatus(
+            self._leader.name,
+            "leader",
+            leader_info is not None,
+            error=self._leader.last_error,
+        )
+        infos = await asyncio.gather(*(self._info(f) for f in self._followers))
+        followers = []
+        for server, info in zip(self._followers, infos, strict=True):
+            if info is None:
+                followers.append(
+                    ServerStatus(server.name, "follower", False, error=server.last_error)
+                )
+                continue
+            offset = _int_or_none(info, "slave_repl_offset")
+            lag = (
+                max(0, leader_offset - offset)
+                if leader_offset is not None and offset is not None
+                else None
+            )
+            followers.append(
+                ServerStatus(
+                    server.name,
+                    "follower",
+                    True,
+                    link=str(info.get("master_link_status", "")) or None,
+                    lag_bytes=lag,
+                    lag_seconds=_int_or_none(info, "master_last_io_seconds_ago"),
+                )
+            )
+        count: int | None
+        last_id: str | None
+        try:
+            count, (head, _) = await asyncio.gather(
+                self.count(), self._read(lambda c: _xrevrange(c, "+", 1))
+            )
+            last_id = head[0][0] if head else None
+        except StoreUnavailable:
+            count, last_id = None, None
+        return StoreStatus(leader, followers, count, last_id)
+
+    async def _info(self, server: Server) -> dict[str, Any] | None:
+        try:
+            return dict(await self._call(server, lambda c: c.info("replication")))
+        except (StoreUnavailable, RedisError):
+            return None
+
+
+async def _xrevrange(client: Redis, high: str, count: int) -> list[Entry]:
+    return cast(list[Entry], await client.xrevrange(STREAM, high, "-", count=count))
+
+
+async def _xrange(client: Redis, low: str, count: int) -> list[Entry]:
+    return cast(list[Entry], await client.xrange(STREAM, low, "+", count=count))
+
+
+def _message(entry: Entry) -> Message:
+    entry_id, fields = entry
+    created = fields.get("c")
+    ms = int(created) if created else id_key(entry_id)[0]
+    return Message(entry_id, fields.get("t", ""), iso_from_ms(ms))
+
+
+def _newest(*ids: str | None) -> str | None:
+    present = [i for i in ids if i]
+    return max(present, key=id_key) if present else None
+
+
+def _int_or_none(info: dict[str, Any], key: str) -> int | None:
+    value = info.get(key)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
