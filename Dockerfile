@@ -42,8 +42,8 @@ LABEL org.opencontainers.image.title="guestbook" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="Apache-2.0"
 # A fixed high uid/gid that matches runAsUser in deploy/kubernetes.
-RUN groupadd --system --gid 10001 nonroot \
- && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
+RUN groupadd --gid 10001 nonroot \
+ && useradd --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin nonroot
 # Owned by root: the running process cannot modify its own code.
 COPY --from=builder /app/.venv /app/.venv

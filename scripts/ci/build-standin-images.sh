@@ -70,7 +70,9 @@ cp /usr/local/share/ca-certificates/*.crt "${work}/ctx/ca/" 2>/dev/null || true
 build() {  # tag, Containerfile on stdin
     cat >"${work}/ctx/Containerfile"
     log "building ${1}"
-    podman build --quiet --pull=never --label "org.guestbook.ci.recipe=${RECIPE}" \
+    # Host network for RUN steps: the default podman network does not reach this
+    # machine's DNS resolver.
+    podman build --quiet --pull=never --network host --label "org.guestbook.ci.recipe=${RECIPE}" \
         -t "$1" -f "${work}/ctx/Containerfile" "${work}/ctx" >/dev/null
 }
 
