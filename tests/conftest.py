@@ -120,7 +120,8 @@ class Cluster:
 def start_cluster(base: Path, followers: int = 2) -> Cluster:
     leader = RedisServer(base / "leader").start()
     return Cluster(
-        leader, [RedisServer(base / f"follower{i}", replica_of=leader).start() for i in range(followers)]
+        leader,
+        [RedisServer(base / f"follower{i}", replica_of=leader).start() for i in range(followers)],
     )
 
 

@@ -1,0 +1,165 @@
+"""The command line against a real leader and followers: post, list, status, export, import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from conftest import Cluster, base_env, start_cluster
+
+
+def cli(
+    tmp_path: Path, cluster: Cluster | None, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    extra = dict(env)
+    if cluster is not None:
+        extra.setdefault("GUESTBOOK_REDIS_LEADER_URL", cluster.leader.url)
+        extra.setdefault("GUESTBOOK_REDIS_FOLLOWER_URL", cluster.follower_urls())
+    return subprocess.run(
+        [sys.executable, "-m", "guestbook", *args],
+        env=base_env(tmp_path, **extra),
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
+    )
+
+
+def stored(cluster: Cluster) -> list[tuple[str, dict[str, str]]]:
+    return list(cluster.leader.client().xrange("guestbook:messages"))
+
+
+def test_post_list_and_status(tmp_path: Path, cluster: Cluster) -> None:
+    posted = cli(tmp_path, cluster, "post", "hello, from the CLI")
+    assert posted.returncode == 0, posted.stderr
+    message_id = posted.stdout.strip()
+    listing = cli(tmp_path, cluster, "list")
+    assert message_id in listing.stdout
+    assert "hello, from the CLI" in listing.stdout
+    status = json.loads(cli(tmp_path, cluster, "status", "--json").stdout)
+    assert status["mode"] == "redis"
+    assert status["message_count"] == 1
+    assert [f["reachable"] for f in status["followers"]] == [True, True]
+    text = cli(tmp_path, cluster, "status").stdout
+    assert "messages:  1" in text
+    assert "UNREACHABLE" not in text
+
+
+def test_status_shows_an_unreachable_follower_and_exits_zero_while_readable(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    cluster.followers[1].kill()
+    result = cli(tmp_path, cluster, "status")
+    assert result.returncode == 0
+    assert "UNREACHABLE" in result.stdout
+
+
+def test_status_never_shows_a_password(tmp_path: Path, cluster: Cluster) -> None:
+    client = cluster.leader.client()
+    client.config_set("requirepass", "s3cret-pw")
+    try:
+        url = f"redis://:s3cret-pw@127.0.0.1:{cluster.leader.port}/0"
+        result = cli(
+            tmp_path, cluster, "status", "--json",
+            GUESTBOOK_REDIS_LEADER_URL=url, GUESTBOOK_REDIS_FOLLOWER_URL="",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "s3cret-pw" not in result.stdout
+        assert json.loads(result.stdout)["leader"]["reachable"] is True
+    finally:
+        redis.Redis(port=cluster.leader.port, password="s3cret-pw").config_set("requirepass", "")
+
+
+def test_post_rejects_bad_text_and_stores_nothing(tmp_path: Path, cluster: Cluster) -> None:
+    result = cli(tmp_path, cluster, "post", "   ")
+    assert result.returncode == 1
+    assert "empty" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert stored(cluster) == []
+
+
+def test_export_import_round_trip_keeps_text_time_order_and_ids(
+    tmp_path: Path, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    for text in ["first", "second, with a comma", 'third "quoted" 🎉']:
+        assert cli(tmp_path, cluster, "post", text).returncode == 0
+    exported = cli(tmp_path, cluster, "export").stdout
+    lines = [json.loads(line) for line in exported.splitlines()]
+    assert [m["text"] for m in lines] == ["first", "second, with a comma", 'third "quoted" 🎉']
+
+    target = start_cluster(tmp_path_factory.mktemp("target"), followers=0)
+    try:
+        dump = tmp_path / "export.jsonl"
+        dump.write_text(exported)
+        result = cli(tmp_path, target, "import", str(dump))
+        assert result.returncode == 0, result.stderr
+        assert "imported 3 new" in result.stdout
+        again = cli(tmp_path, target, "import", str(dump))
+        assert "imported 0 new" in again.stdout
+        assert cli(tmp_path, target, "export").stdout == exported
+    finally:
+        target.stop()
+
+
+def test_import_into_a_newer_guestbook_keeps_original_times(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    old = [
+        {"id": "1600000000000-0", "text": "from 2020", "created_at": "2020-09-13T12:26:40.000Z"},
+        {
+            "id": "1600000001000-0",
+            "text": "a second later",
+            "created_at": "2020-09-13T12:26:41.000Z",
+        },
+    ]
+    assert cli(tmp_path, cluster, "post", "already here").returncode == 0
+    dump = "\n".join(json.dumps(m) for m in old) + "\n"
+    assert cli(tmp_path, cluster, "import", "-", stdin=dump).returncode == 0
+    assert "imported 0 new" in cli(tmp_path, cluster, "import", "-", stdin=dump).stdout
+    exported = [json.loads(line) for line in cli(tmp_path, cluster, "export").stdout.splitlines()]
+    assert [m["text"] for m in exported] == ["already here", "from 2020", "a second later"]
+    assert [m["created_at"] for m in exported[1:]] == [m["created_at"] for m in old]
+
+
+def test_import_takes_the_php_guestbooks_comma_joined_value(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    value = "Hello,,World, again ,last one"
+    assert "imported 4 new" in cli(tmp_path, cluster, "import", "-", stdin=value).stdout
+    assert "imported 0 new" in cli(tmp_path, cluster, "import", "-", stdin=value).stdout
+    legacy = json.dumps({"data": value})
+    assert "imported 0 new" in cli(tmp_path, cluster, "import", "-", stdin=legacy).stdout
+    assert [f["t"] for _, f in stored(cluster)] == ["Hello", "World", "again", "last one"]
+
+
+def test_import_of_an_invalid_file_imports_nothing(tmp_path: Path, cluster: Cluster) -> None:
+    good = json.dumps({"id": "1-0", "text": "fine", "created_at": "1970-01-01T00:00:00.001Z"})
+    bad = json.dumps({"id": "2-0", "text": "bell\u0007", "created_at": "1970-01-01T00:00:00.002Z"})
+    result = cli(tmp_path, cluster, "import", "-", stdin=f"{good}\n{bad}\n")
+    assert result.returncode == 1
+    assert "line 2" in result.stderr
+    assert stored(cluster) == []
+    missing = cli(tmp_path, cluster, "import", str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 1
+    assert "cannot read" in missing.stderr
+
+
+def test_flags_override_the_environment(tmp_path: Path, cluster: Cluster) -> None:
+    result = cli(
+        tmp_path, None, "post", "--redis-leader-url", cluster.leader.url, "via flag",
+        GUESTBOOK_REDIS_LEADER_URL="redis://127.0.0.1:1/0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [f["t"] for _, f in stored(cluster)] == ["via flag"]
+
+
+def test_unreachable_leader_is_a_clear_error(tmp_path: Path) -> None:
+    result = cli(tmp_path, None, "post", "x", GUESTBOOK_REDIS_LEADER_URL="redis://127.0.0.1:1/0")
+    assert result.returncode == 1
+    assert "read-only" in result.stderr or "leader" in result.stderr
+    assert "Traceback" not in result.stderr

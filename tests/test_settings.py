@@ -1,0 +1,142 @@
+"""Configuration: every discovery rule of the contract, precedence, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guestbook.settings import ConfigError, Settings, discover, redact_url
+
+
+def resolver(*names: str) -> object:
+    return lambda host: host in names
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert (s.host, s.port) == ("127.0.0.1", 8080)
+    assert (s.max_message_chars, s.write_replicas, s.store_timeout, s.rate_limit) == (
+        500, 0, 1.0, 30,
+    )  # fmt: skip
+    assert s.log_level == "info"
+    assert discover(s).mode == "embedded"
+
+
+def test_explicit_urls_win_over_get_hosts_from() -> None:
+    s = Settings.from_env(
+        {
+            "GUESTBOOK_REDIS_LEADER_URL": "redis://:pw@leader.example:6380/2",
+            "GUESTBOOK_REDIS_FOLLOWER_URL": "redis://f1:6379, redis://f2:6379",
+            "GET_HOSTS_FROM": "dns",
+        }
+    )
+    address = discover(s, resolver())
+    assert address.leader_url == "redis://:pw@leader.example:6380/2"
+    assert address.follower_urls == ("redis://f1:6379", "redis://f2:6379")
+
+
+def test_leader_alone_means_reads_from_the_leader() -> None:
+    address = discover(Settings.from_env({"GUESTBOOK_REDIS_LEADER_URL": "redis://l:6379"}))
+    assert address.follower_urls == ()
+
+
+def test_dns_prefers_leader_and_follower_names() -> None:
+    address = discover(
+        Settings.from_env({"GET_HOSTS_FROM": "dns"}),
+        resolver("redis-leader", "redis-follower", "redis-master", "redis-slave"),
+    )
+    assert address.leader_url == "redis://redis-leader:6379/0"
+    assert address.follower_urls == ("redis://redis-follower:6379/0",)
+
+
+def test_dns_falls_back_to_master_and_slave_names() -> None:
+    address = discover(
+        Settings.from_env({"GET_HOSTS_FROM": "dns"}), resolver("redis-master", "redis-slave")
+    )
+    assert address.leader_url == "redis://redis-master:6379/0"
+    assert address.follower_urls == ("redis://redis-slave:6379/0",)
+
+
+def test_env_reads_kubernetes_service_variables() -> None:
+    env = {
+        "GET_HOSTS_FROM": "env",
+        "REDIS_LEADER_SERVICE_HOST": "10.0.0.5",
+        "REDIS_LEADER_SERVICE_PORT": "6379",
+        "REDIS_FOLLOWER_SERVICE_HOST": "10.0.0.6",
+        "REDIS_FOLLOWER_SERVICE_PORT": "6380",
+        "REDIS_MASTER_SERVICE_HOST": "10.9.9.9",
+    }
+    address = discover(Settings.from_env(env))
+    assert address.leader_url == "redis://10.0.0.5:6379/0"
+    assert address.follower_urls == ("redis://10.0.0.6:6380/0",)
+
+
+def test_env_falls_back_to_master_and_slave_variables() -> None:
+    env = {
+        "GET_HOSTS_FROM": "env",
+        "REDIS_MASTER_SERVICE_HOST": "10.0.0.7",
+        "REDIS_MASTER_SERVICE_PORT": "6379",
+        "REDIS_SLAVE_SERVICE_HOST": "10.0.0.8",
+    }
+    address = discover(Settings.from_env(env))
+    assert address.leader_url == "redis://10.0.0.7:6379/0"
+    assert address.follower_urls == ("redis://10.0.0.8:6379/0",)
+
+
+def test_env_with_only_a_leader_reads_from_it() -> None:
+    env = {"GET_HOSTS_FROM": "env", "REDIS_LEADER_SERVICE_HOST": "fd00::1"}
+    address = discover(Settings.from_env(env))
+    assert address.leader_url == "redis://[fd00::1]:6379/0"
+    assert address.follower_urls == ()
+
+
+def test_env_without_a_leader_variable_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="REDIS_LEADER_SERVICE_HOST"):
+        discover(Settings.from_env({"GET_HOSTS_FROM": "env"}))
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GET_HOSTS_FROM": "consul"}, "GET_HOSTS_FROM"),
+        ({"GUESTBOOK_REDIS_LEADER_URL": "http://x:6379"}, "GUESTBOOK_REDIS_LEADER_URL"),
+        ({"GUESTBOOK_REDIS_LEADER_URL": "redis://host:port"}, "GUESTBOOK_REDIS_LEADER_URL"),
+        ({"GUESTBOOK_REDIS_LEADER_URL": "redis://"}, "GUESTBOOK_REDIS_LEADER_URL"),
+        ({"GUESTBOOK_REDIS_LEADER_URL": "redis://h:6379/x"}, "GUESTBOOK_REDIS_LEADER_URL"),
+        ({"GUESTBOOK_REDIS_FOLLOWER_URL": "redis://a, nope"}, "GUESTBOOK_REDIS_FOLLOWER_URL"),
+        ({"GUESTBOOK_PORT": "eighty"}, "GUESTBOOK_PORT"),
+        ({"GUESTBOOK_PORT": "70000"}, "GUESTBOOK_PORT"),
+        ({"GUESTBOOK_MAX_MESSAGE_CHARS": "0"}, "GUESTBOOK_MAX_MESSAGE_CHARS"),
+        ({"GUESTBOOK_STORE_TIMEOUT": "soon"}, "GUESTBOOK_STORE_TIMEOUT"),
+        ({"GUESTBOOK_RATE_LIMIT": "-1"}, "GUESTBOOK_RATE_LIMIT"),
+        ({"GUESTBOOK_WRITE_REPLICAS": "1.5"}, "GUESTBOOK_WRITE_REPLICAS"),
+        ({"GUESTBOOK_LOG_FORMAT": "xml"}, "GUESTBOOK_LOG_FORMAT"),
+        ({"GUESTBOOK_LOG_LEVEL": "loud"}, "GUESTBOOK_LOG_LEVEL"),
+    ],
+)
+def test_bad_values_name_their_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)
+
+
+def test_serve_with_a_bad_value_stops_with_one_clear_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "guestbook", "serve"],
+        env={"GET_HOSTS_FROM": "consul", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "GET_HOSTS_FROM" in lines[0]
+
+
+def test_passwords_are_redacted_for_display() -> None:
+    assert redact_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact_url("redis://user:pw@host/0") == "redis://user:***@host/0"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
