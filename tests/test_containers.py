@@ -41,7 +41,9 @@ pytestmark = [
 ]
 
 
-def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def podman(
+    *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.setdefault("CONTAINERS_CONF", str(CONTAINERS_CONF))
     result = subprocess.run(
@@ -114,7 +116,9 @@ class Topology:
     def cli(self, container: str, *args: str) -> str:
         return podman("exec", container, "valkey-cli", *args, timeout=30).stdout
 
-    def run(self, name: str, spec: dict[str, Any], alias: str, *extra: str, image: str = "") -> None:
+    def run(
+        self, name: str, spec: dict[str, Any], alias: str, *extra: str, image: str = ""
+    ) -> None:
         """`podman run` one container of a Deployment's pod template, as Kubernetes would."""
         pod = spec["template"]["spec"]
         (container,) = pod["containers"]
@@ -140,9 +144,7 @@ class Topology:
         entrypoint = container.get("command", [])
         if entrypoint:
             flags += ["--entrypoint", json.dumps(entrypoint)]
-        podman(
-            "run", *flags, *extra, image or container["image"], *container.get("args", [])
-        )
+        podman("run", *flags, *extra, image or container["image"], *container.get("args", []))
         self.containers.append(name)
 
     def start_leader(self) -> None:
@@ -162,7 +164,9 @@ class Topology:
 def topology() -> Iterator[Topology]:
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed (scripts/ci/install-container-tools.sh installs it)")
-    missing = sorted(i for i in base_images() if podman("image", "exists", i, check=False).returncode)
+    missing = sorted(
+        i for i in base_images() if podman("image", "exists", i, check=False).returncode
+    )
     if missing:
         reason = f"base images not in local storage: {missing} (scripts/ci/build-standin-images.sh)"
         if os.environ.get("CI"):
@@ -255,7 +259,7 @@ def store_dump(top: Topology, container: str) -> str:
 def test_frontend_container_is_ready_and_live(topology: Topology) -> None:
     assert httpx.get(f"{topology.base_url}/readyz").status_code == 200
     assert httpx.get(f"{topology.base_url}/healthz").status_code == 200
-    print(f"image build {topology.build_seconds:.1f}s, start to ready {topology.ready_seconds:.1f}s")
+    print(f"build {topology.build_seconds:.1f}s, start to ready {topology.ready_seconds:.1f}s")
 
 
 def test_post_through_the_frontend_container_is_read_back(topology: Topology) -> None:

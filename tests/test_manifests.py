@@ -1,0 +1,537 @@
+"""The Kubernetes manifests and the compose file, read as data: the contract they must keep.
+
+Pure-Python checks of deploy/kubernetes (names, labels, selectors, the tutorial's label
+queries, ports, probes, security), then the offline tools CI installs: `kubectl kustomize`
+renders every kustomization, `kubernetes-validate --strict` checks the result against the
+Kubernetes 1.30 and 1.37 schemas, and checkov scans the manifests and the Dockerfile. A tool
+that is not installed skips its test, saying which and how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+KUBE = ROOT / "deploy" / "kubernetes"
+BASE = KUBE / "base"
+PRODUCTION = KUBE / "overlays" / "production"
+KUSTOMIZATIONS = [KUBE, BASE, PRODUCTION]
+KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
+INSTALL_HINT = "scripts/ci/install-container-tools.sh installs it"
+
+TUTORIAL_FILES = {
+    "redis-leader-deployment.yaml": ("Deployment", "redis-leader"),
+    "redis-leader-service.yaml": ("Service", "redis-leader"),
+    "redis-follower-deployment.yaml": ("Deployment", "redis-follower"),
+    "redis-follower-service.yaml": ("Service", "redis-follower"),
+    "frontend-deployment.yaml": ("Deployment", "frontend"),
+    "frontend-service.yaml": ("Service", "frontend"),
+}
+TUTORIAL_LABELS = {
+    "redis-leader": {"app": "redis", "role": "leader", "tier": "backend"},
+    "redis-follower": {"app": "redis", "role": "follower", "tier": "backend"},
+    "frontend": {"app": "guestbook", "tier": "frontend"},
+}
+
+Object = dict[str, Any]
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def tool(name: str) -> str | None:
+    """A CLI from PATH, or from uv's tool directory where the CI install script puts it."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidate = Path.home() / ".local" / "bin" / name
+    return str(candidate) if os.access(candidate, os.X_OK) else None
+
+
+def require(name: str) -> str:
+    path = tool(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed ({INSTALL_HINT})")
+    return path
+
+
+def load_all(text: str) -> list[Object]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+@cache
+def base_objects() -> tuple[Object, ...]:
+    objects: list[Object] = []
+    for path in sorted(BASE.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            objects += load_all(path.read_text())
+    return tuple(objects)
+
+
+def get(objects: Iterable[Object], kind: str, name: str) -> Object:
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def pod_template(obj: Object) -> Object:
+    template: Object = obj["spec"]["template"]
+    return template
+
+
+def only_container(obj: Object) -> Object:
+    (container,) = pod_template(obj)["spec"]["containers"]
+    result: Object = container
+    return result
+
+
+def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def parse_selector(query: str) -> dict[str, str]:
+    """`kubectl -l` equality selectors: `a=b,c=d`."""
+    return dict(term.split("=", 1) for term in query.split(","))
+
+
+def kubectl_select(objects: Iterable[Object], kind: str, *queries: str) -> set[str]:
+    """Names that `kubectl get KIND -l Q1 -l Q2 ...` returns.
+
+    kubectl keeps only the last of repeated -l flags; the tutorial's
+    `-l app=guestbook -l tier=frontend` must work whichever way it is read, so this asks
+    that both readings (last flag only, and all flags together) give the same answer.
+    """
+
+    def select(selector: dict[str, str]) -> set[str]:
+        if kind == "Pod":
+            return {
+                o["metadata"]["name"]
+                for o in objects
+                if o["kind"] == "Deployment"
+                and matches(selector, pod_template(o)["metadata"]["labels"])
+            }
+        return {
+            o["metadata"]["name"]
+            for o in objects
+            if o["kind"] == kind and matches(selector, o["metadata"].get("labels", {}))
+        }
+
+    last_only = select(parse_selector(queries[-1]))
+    combined = select({k: v for q in queries for k, v in parse_selector(q).items()})
+    assert last_only == combined, f"-l {' -l '.join(queries)} depends on how kubectl reads it"
+    return last_only
+
+
+def pyproject_version() -> str:
+    version: str = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    return version
+
+
+def dockerfile_instruction(name: str) -> list[str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    return re.findall(rf"^{name}\s+(.+)$", text, flags=re.M)
+
+
+@cache
+def render(directory: Path) -> str:
+    kubectl = require("kubectl")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+# --- files and names ---------------------------------------------------------------------
+
+
+def test_base_holds_one_file_per_tutorial_object_named_after_the_tutorials_files() -> None:
+    for filename, (kind, name) in TUTORIAL_FILES.items():
+        (obj,) = load_all((BASE / filename).read_text())
+        assert (obj["kind"], obj["metadata"]["name"]) == (kind, name)
+
+
+def test_every_base_file_is_listed_in_the_base_kustomization() -> None:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    files = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(files)
+    for path in BASE.glob("*.yaml"):
+        if path.name != "kustomization.yaml":
+            assert len(load_all(path.read_text())) == 1, f"{path.name}: one object per file"
+
+
+def test_top_kustomization_includes_base_and_production_builds_on_base() -> None:
+    top = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+    assert top["resources"] == ["base"]
+    production = yaml.safe_load((PRODUCTION / "kustomization.yaml").read_text())
+    assert "../../base" in production["resources"]
+
+
+# --- labels and selectors ----------------------------------------------------------------
+
+
+def test_every_object_and_pod_template_carries_the_tutorials_labels() -> None:
+    for obj in base_objects():
+        name = obj["metadata"]["name"].removesuffix("-data")
+        expected = TUTORIAL_LABELS[name]
+        labels = obj["metadata"]["labels"]
+        assert expected.items() <= labels.items(), obj["metadata"]["name"]
+        assert labels["app.kubernetes.io/part-of"] == "guestbook"
+        assert {"app.kubernetes.io/name", "app.kubernetes.io/component"} <= labels.keys()
+        if obj["kind"] == "Deployment":
+            template_labels = pod_template(obj)["metadata"]["labels"]
+            assert expected.items() <= template_labels.items()
+            assert labels == template_labels
+
+
+def test_selectors_pick_exactly_their_own_pods_and_never_overlap() -> None:
+    deployments = [o for o in base_objects() if o["kind"] == "Deployment"]
+    for owner in deployments:
+        selector = owner["spec"]["selector"]["matchLabels"]
+        assert selector == TUTORIAL_LABELS[owner["metadata"]["name"]]
+        selected = {
+            d["metadata"]["name"]
+            for d in deployments
+            if matches(selector, pod_template(d)["metadata"]["labels"])
+        }
+        assert selected == {owner["metadata"]["name"]}
+    for service in (o for o in base_objects() if o["kind"] == "Service"):
+        name = service["metadata"]["name"]
+        selected = {
+            d["metadata"]["name"]
+            for d in deployments
+            if matches(service["spec"]["selector"], pod_template(d)["metadata"]["labels"])
+        }
+        assert selected == {name}, f"Service {name} selects {selected}"
+
+
+def test_tutorial_label_queries_select_exactly_what_they_should() -> None:
+    objects = base_objects()
+
+    assert kubectl_select(objects, "Pod", "app=guestbook", "tier=frontend") == {"frontend"}
+    assert kubectl_select(objects, "Pod", "app=redis") == {"redis-leader", "redis-follower"}
+    assert kubectl_select(objects, "Pod", "app=redis,role=leader,tier=backend") == {"redis-leader"}
+    assert kubectl_select(objects, "Pod", "app=redis,role=follower,tier=backend") == {
+        "redis-follower"
+    }
+    assert kubectl_select(objects, "Deployment", "app=redis") == {"redis-leader", "redis-follower"}
+    assert kubectl_select(objects, "Service", "app=redis") == {"redis-leader", "redis-follower"}
+    assert kubectl_select(objects, "Service", "app=guestbook") == {"frontend"}
+    assert kubectl_select(objects, "Deployment", "app=guestbook") == {"frontend"}
+    # The leader's data is no Deployment: `kubectl delete deployment -l app=redis` keeps it,
+    # and `kubectl delete pvc -l app=redis` is how it goes.
+    assert kubectl_select(objects, "PersistentVolumeClaim", "app=redis") == {"redis-leader-data"}
+
+
+def test_kubectl_scale_deployment_frontend_has_its_target() -> None:
+    frontend = get(base_objects(), "Deployment", "frontend")
+    assert frontend["spec"]["replicas"] == 3
+
+
+# --- ports, images, probes ---------------------------------------------------------------
+
+
+def container_port(deployment: Object, port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    (number,) = [
+        p["containerPort"] for p in only_container(deployment)["ports"] if p["name"] == port
+    ]
+    result: int = number
+    return result
+
+
+def test_service_ports_reach_the_ports_the_containers_listen_on() -> None:
+    objects = base_objects()
+    (exposed,) = dockerfile_instruction("EXPOSE")
+    image_port = int(exposed)
+    assert image_port == 8080
+
+    frontend = get(objects, "Service", "frontend")
+    assert frontend["spec"]["type"] == "NodePort"
+    (http,) = frontend["spec"]["ports"]
+    assert http["port"] == 80
+    frontend_deployment = get(objects, "Deployment", "frontend")
+    assert container_port(frontend_deployment, http["targetPort"]) == image_port
+    env = {e["name"]: e.get("value") for e in only_container(frontend_deployment)["env"]}
+    assert env["GET_HOSTS_FROM"] == "dns"
+
+    for name in ("redis-leader", "redis-follower"):
+        service = get(objects, "Service", name)
+        assert service["spec"]["type"] == "ClusterIP"
+        (redis,) = service["spec"]["ports"]
+        assert redis["port"] == 6379
+        assert container_port(get(objects, "Deployment", name), redis["targetPort"]) == 6379
+
+
+def test_image_port_and_user_match_the_dockerfile() -> None:
+    env = " ".join(dockerfile_instruction("ENV"))
+    assert "GUESTBOOK_HOST=0.0.0.0" in env
+    assert "GUESTBOOK_PORT=8080" in env
+    (user,) = dockerfile_instruction("USER")
+    uid, gid = (int(x) for x in user.split(":"))
+    pod = pod_template(get(base_objects(), "Deployment", "frontend"))["spec"]
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, gid)
+
+
+def test_frontend_image_is_the_one_the_dockerfile_builds_for_this_version() -> None:
+    image = only_container(get(base_objects(), "Deployment", "frontend"))["image"]
+    assert image == f"guestbook:{pyproject_version()}"
+
+
+def test_redis_images_are_pinned_and_the_same_everywhere() -> None:
+    images = {
+        only_container(get(base_objects(), "Deployment", n))["image"] for n in TUTORIAL_LABELS
+    }
+    images.discard(only_container(get(base_objects(), "Deployment", "frontend"))["image"])
+    (image,) = images
+    assert re.fullmatch(r"[\w.\-/]+:\d+\.\d+\.\d+", image), f"{image} is not pinned to a release"
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    for name in ("redis-leader", "redis-follower-1", "redis-follower-2"):
+        assert compose["services"][name]["image"] == image
+
+
+def test_probe_paths_are_routes_the_app_serves() -> None:
+    from guestbook.ops import router
+
+    routes = {getattr(route, "path", None) for route in router.routes}
+    frontend = only_container(get(base_objects(), "Deployment", "frontend"))
+    assert frontend["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert frontend["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"/readyz", "/healthz"} <= routes
+    for probe in ("readinessProbe", "livenessProbe"):
+        port = frontend[probe]["httpGet"]["port"]
+        assert container_port(get(base_objects(), "Deployment", "frontend"), port) == 8080
+
+
+def test_redis_is_probed_by_ping_and_port() -> None:
+    for name in ("redis-leader", "redis-follower"):
+        container = only_container(get(base_objects(), "Deployment", name))
+        assert "ping" in " ".join(container["readinessProbe"]["exec"]["command"])
+        assert container["livenessProbe"]["tcpSocket"]["port"] == "redis"
+
+
+# --- the leader's data, the followers' replication ----------------------------------------
+
+
+def test_leader_keeps_an_append_only_file_on_its_claim_with_one_replica_recreated() -> None:
+    objects = base_objects()
+    leader = get(objects, "Deployment", "redis-leader")
+    assert leader["spec"]["replicas"] == 1
+    assert leader["spec"]["strategy"] == {"type": "Recreate"}
+    args = only_container(leader)["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    data_dir = args[args.index("--dir") + 1]
+    (mount,) = only_container(leader)["volumeMounts"]
+    assert mount["mountPath"] == data_dir
+    (volume,) = pod_template(leader)["spec"]["volumes"]
+    assert volume["name"] == mount["name"]
+    claim = get(objects, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_followers_replicate_the_leader_service() -> None:
+    follower = get(base_objects(), "Deployment", "redis-follower")
+    assert follower["spec"]["replicas"] >= 2
+    args = only_container(follower)["args"]
+    i = args.index("--replicaof")
+    assert args[i + 1 : i + 3] == ["redis-leader", "6379"]
+
+
+# --- Pod Security "restricted", resources, termination ------------------------------------
+
+
+def test_every_pod_meets_pod_security_restricted_with_requests_limits_and_a_prestop_wait() -> None:
+    for deployment in (o for o in base_objects() if o["kind"] == "Deployment"):
+        pod = pod_template(deployment)["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] >= 10000
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        container = only_container(deployment)
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert container["resources"]["requests"] == {"cpu": "100m", "memory": "100Mi"}
+        assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
+        assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+        assert pod["terminationGracePeriodSeconds"] > int(
+            container["lifecycle"]["preStop"]["exec"]["command"][1]
+        )
+
+
+def test_checkov_skips_carry_a_reason() -> None:
+    for obj in base_objects():
+        for key, value in obj["metadata"].get("annotations", {}).items():
+            if key.startswith("checkov.io/skip"):
+                check, _, reason = value.partition("=")
+                assert re.fullmatch(r"CKV2?_K8S_\d+", check), value
+                assert len(reason) > 20, f"{obj['metadata']['name']}: {value}"
+
+
+# --- compose.yaml ------------------------------------------------------------------------
+
+
+def test_compose_runs_a_leader_two_followers_and_the_frontend_on_8080() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis-leader", "redis-follower-1", "redis-follower-2", "frontend"}
+    assert "--appendonly" in services["redis-leader"]["command"]
+    for name in ("redis-follower-1", "redis-follower-2"):
+        command = services[name]["command"]
+        i = command.index("--replicaof")
+        assert command[i + 1 : i + 3] == ["redis-leader", "6379"]
+        assert services[name]["networks"]["default"]["aliases"] == ["redis-follower"]
+    frontend = services["frontend"]
+    assert frontend["build"] == "."
+    assert frontend["ports"] == ["127.0.0.1:8080:8080"]
+    assert frontend["environment"]["GET_HOSTS_FROM"] == "dns"
+    assert frontend["read_only"] is True
+    assert frontend["cap_drop"] == ["ALL"]
+
+
+# --- the production overlay, rendered -----------------------------------------------------
+
+
+def test_production_overlay_adds_auth_policies_budget_autoscaler_spread_and_a_load_balancer() -> (
+    None
+):
+    objects = load_all(render(PRODUCTION))
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {
+        "guestbook"
+    }
+    namespace = get(objects, "Namespace", "guestbook")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert get(objects, "Service", "frontend")["spec"]["type"] == "LoadBalancer"
+
+    frontend = get(objects, "Deployment", "frontend")
+    assert "replicas" not in frontend["spec"], "the autoscaler owns the replica count"
+    env = {e["name"]: e for e in only_container(frontend)["env"]}
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "redis-auth",
+        "key": "password",
+    }
+    assert "$(REDIS_PASSWORD)@redis-leader:6379" in env["GUESTBOOK_REDIS_LEADER_URL"]["value"]
+    assert "$(REDIS_PASSWORD)@redis-follower:6379" in env["GUESTBOOK_REDIS_FOLLOWER_URL"]["value"]
+    names = list(env)
+    assert names.index("REDIS_PASSWORD") < names.index("GUESTBOOK_REDIS_LEADER_URL")
+    assert "GET_HOSTS_FROM" not in env
+    for name, flags in [
+        ("redis-leader", ["--requirepass", "--masterauth"]),
+        ("redis-follower", ["--requirepass", "--masterauth", "--replicaof redis-leader 6379"]),
+    ]:
+        deployment = get(objects, "Deployment", name)
+        script = " ".join(only_container(deployment)["args"])
+        assert all(flag in script for flag in flags), script
+        (secret,) = [v for v in pod_template(deployment)["spec"]["volumes"] if "secret" in v]
+        assert secret["secret"]["secretName"] == "redis-auth"
+
+    pdb = get(objects, "PodDisruptionBudget", "frontend")
+    assert pdb["spec"]["selector"]["matchLabels"] == TUTORIAL_LABELS["frontend"]
+    hpa = get(objects, "HorizontalPodAutoscaler", "frontend")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "frontend"
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert pod_template(frontend)["spec"]["topologySpreadConstraints"]
+
+
+def allowed_sources(policies: list[Object], target: Mapping[str, str], port: int) -> set[str]:
+    """Which of the guestbook's pods may open `port` on a pod labelled `target`."""
+    pods = {name: labels for name, labels in TUTORIAL_LABELS.items()}
+    selecting = [
+        p for p in policies if matches(p["spec"]["podSelector"].get("matchLabels", {}), target)
+    ]
+    assert selecting, f"no NetworkPolicy selects {target}"
+    allowed: set[str] = set()
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            if port not in [p["port"] for p in rule.get("ports", [{"port": port}])]:
+                continue
+            if "from" not in rule:
+                allowed |= set(pods)
+            for peer in rule.get("from", []):
+                selector = peer["podSelector"].get("matchLabels", {})
+                allowed |= {n for n, labels in pods.items() if matches(selector, labels)}
+    return allowed
+
+
+def test_production_network_policies_let_only_the_right_pods_reach_redis() -> None:
+    objects = load_all(render(PRODUCTION))
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+
+    leader = allowed_sources(policies, TUTORIAL_LABELS["redis-leader"], 6379)
+    followers = allowed_sources(policies, TUTORIAL_LABELS["redis-follower"], 6379)
+    frontend = allowed_sources(policies, TUTORIAL_LABELS["frontend"], 8080)
+
+    assert leader == {"frontend", "redis-follower"}
+    assert followers == {"frontend"}
+    assert "frontend" in frontend
+
+
+# --- offline tools: kustomize, kubernetes-validate, checkov -------------------------------
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(KUBE)))
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_rendered_manifests_validate_strictly(directory: Path, version: str) -> None:
+    validate = require("kubernetes-validate")
+    result = subprocess.run(
+        [validate, "--strict", "--quiet", "-k", version, "-"],
+        input=render(directory),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_each_base_file_validates_on_its_own_for_kubectl_apply_f(version: str) -> None:
+    validate = require("kubernetes-validate")
+    files = sorted(str(p) for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml")
+    result = subprocess.run(
+        [validate, "--strict", "--quiet", "-k", version, *files],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_checkov_passes_on_the_rendered_manifests_and_the_dockerfile(tmp_path: Path) -> None:
+    checkov = require("checkov")
+    files = []
+    for directory in (BASE, PRODUCTION):
+        rendered = tmp_path / f"{directory.name}.yaml"
+        rendered.write_text(render(directory))
+        files += ["--file", str(rendered)]
+    result = subprocess.run(
+        [
+            checkov,
+            "--skip-download",  # offline: no policy or metadata download
+            "--quiet",
+            "--compact",
+            "--framework",
+            "kubernetes",
+            "dockerfile",
+            *files,
+            "--file",
+            str(ROOT / "Dockerfile"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "Passed checks" in result.stdout
