@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
-from . import __version__, api, docs, legacy, ops, pages
+from . import __version__, api, docs, legacy, live, ops, pages
 from .errors import (
     InvalidCursor,
     InvalidMessage,
@@ -87,6 +87,7 @@ def create_app(settings: Settings, address: StoreAddress, instance: str | None =
         openapi_url="/openapi.json",
     )
     app.include_router(pages.router)
+    app.include_router(live.router)
     app.include_router(api.router)
     app.include_router(legacy.router)
     app.include_router(ops.router)

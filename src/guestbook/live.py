@@ -1,0 +1,377 @@
+"""The live feed: `GET /api/messages/stream`, Server-Sent Events fanned out from the one feed
+reader of this process.
+
+Each client gets a small queue filled by `Feed.subscribe`; it never holds a store connection of
+its own (only a resume from an id older than the feed's memory reads the store, once). The
+stream is the stream of message ids: every event's `id:` is a message id, and a client that
+comes back with `Last-Event-ID` (or `?after=`) gets exactly the messages after it, none twice:
+
+1. subscribe to the feed and note the feed's head in the same step (no await between), so the
+   queue holds exactly the messages after that head;
+2. send the backlog between the client's id and that head (from the feed's memory when it
+   reaches back far enough, else from the store);
+3. send the queue, skipping anything not newer than the last id sent.
+
+A client that falls behind by more than its queue holds is told to reconnect (a `reconnect`
+event, then the end of the response) and resumes from its last id; it never slows the others
+or grows this process's memory. On shutdown every stream ends the same way, so browsers go
+on at another frontend.
+
+This module must never block the fan-out on one client, nor open a store connection per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from .errors import StoreUnavailable
+from .messages import Message, id_key, parse_id
+from .state import AppState
+
+log = logging.getLogger("guestbook.live")
+
+router = APIRouter(prefix="/api", tags=["messages"])
+
+# A comment this often keeps idle streams open through proxies that cut silent connections.
+HEARTBEAT = 15.0
+# Messages waiting for one client before it is told to reconnect instead.
+QUEUE_LIMIT = 1000
+# A client that takes no bytes for this long is dropped (its socket buffers are full).
+SEND_TIMEOUT = 30.0
+# Reconnect delay hints, in milliseconds. After shutdown they are spread out so that a
+# frontend's clients do not all land on the next one in the same instant.
+RETRY_MS = 1000
+OVERFLOW_RETRY_MS = 100
+SHUTDOWN_RETRY_MS = (250, 2000)
+# How often the hub looks at the shutdown flag (set by the server on SIGTERM).
+SHUTDOWN_POLL = 0.1
+# Backlog reads from the store: page size, and how long to wait for a lagging reader.
+BACKLOG_PAGE = 500
+BACKLOG_ATTEMPTS = 50
+ENCODED_CACHE = 1024
+
+EVENT_STREAM = "text/event-stream"
+Put = Callable[[bytes], Awaitable[None]]
+
+
+def _env_float(name: str, default: float) -> float:
+    # Internal tuning for tests and benchmarks; not part of the documented configuration.
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+class Hub:
+    """The live clients of one app: their queues, shared event encodings, shutdown."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.heartbeat = float(
+            state.extra.get("sse_heartbeat", _env_float("GUESTBOOK_SSE_HEARTBEAT", HEARTBEAT))
+        )
+        self.queue_limit = int(
+            state.extra.get("sse_queue", _env_float("GUESTBOOK_SSE_QUEUE", QUEUE_LIMIT))
+        )
+        self.clients: set[Client] = set()
+        self.closing = False
+        self._encoded: OrderedDict[str, bytes] = OrderedDict()
+        self._watcher: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, state: AppState) -> Hub:
+        hub = state.extra.get("live")
+        if not isinstance(hub, Hub):
+            hub = state.extra["live"] = cls(state)
+        return hub
+
+    def add(self, client: Client) -> None:
+        self.clients.add(client)
+        self.state.metrics.live_clients.set(len(self.clients))
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch_shutdown(), name="guestbook-live")
+
+    def remove(self, client: Client) -> None:
+        self.clients.discard(client)
+        self.state.metrics.live_clients.set(len(self.clients))
+
+    async def _watch_shutdown(self) -> None:
+        # The server flips a plain flag on SIGTERM and then waits for open responses to end,
+        # so the streams have to notice it themselves; one poller serves them all.
+        while not self.state.shutting_down:
+            if not self.clients:
+                return
+            await asyncio.sleep(SHUTDOWN_POLL)
+        self.closing = True
+        for client in list(self.clients):
+            client.wake.set()
+
+    def encode(self, message: Message) -> bytes:
+        """`id:`, `event:` and `data:` lines of one message, built once for all clients."""
+        body = self._encoded.get(message.id)
+        if body is None:
+            data = json.dumps(message.as_dict(), ensure_ascii=False, separators=(",", ":"))
+            body = f"id: {message.id}\nevent: message\ndata: {data}\n\n".encode()
+            self._encoded[message.id] = body
+            if len(self._encoded) > ENCODED_CACHE:
+                self._encoded.popitem(last=False)
+        return body
+
+
+class Client:
+    """One connected stream: messages the feed handed over and the writer has not sent yet."""
+
+    __slots__ = ("limit", "overflowed", "pending", "wake")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending: deque[Message] = deque()
+        self.overflowed = False
+        self.wake = asyncio.Event()
+
+    def push(self, batch: list[Message]) -> None:
+        """The feed's callback: queue, or give up on this client when it is too far behind."""
+        if self.overflowed:
+            return
+        if len(self.pending) + len(batch) > self.limit:
+            self.overflowed = True
+            self.pending.clear()
+        else:
+            self.pending.extend(batch)
+        self.wake.set()
+
+    def take(self) -> list[Message]:
+        items = list(self.pending)
+        self.pending.clear()
+        return items
+
+
+class _Closed(Exception):
+    """The client is gone or not taking bytes: stop writing to it."""
+
+
+class EventStream(Response):
+    """A `text/event-stream` response fed by the hub; ends on disconnect, overflow, shutdown."""
+
+    media_type = EVENT_STREAM
+
+    def __init__(self, hub: Hub | None = None, after: str | None = None) -> None:
+        self.hub = hub
+        self.after = after
+        self.status_code = 200
+        self.background: BackgroundTask | None = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache, no-store, no-transform"),
+            # Tells nginx-style proxies not to buffer the stream.
+            (b"x-accel-buffering", b"no"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.hub is not None
+        hub = self.hub
+        client = Client(hub.queue_limit)
+        hub.add(client)
+        writer = asyncio.create_task(self._write(hub, client, send))
+        gone = asyncio.create_task(_until_disconnect(receive))
+        try:
+            await asyncio.wait({writer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hub.remove(client)
+            for task in (writer, gone):
+                task.cancel()
+            for task in (writer, gone):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if writer.done() and not writer.cancelled() and writer.exception() is not None:
+            log.warning("a live stream ended with an error: %r", writer.exception())
+
+    async def _write(self, hub: Hub, client: Client, send: Send) -> None:
+        async def put(chunk: bytes) -> None:
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (TimeoutError, OSError) as exc:
+                raise _Closed from exc
+
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        unsubscribe = None
+        try:
+            await put(f"retry: {RETRY_MS}\n: live\n\n".encode())
+            # Until the feed has read the head once there is nothing to line the backlog up
+            # with; the client waits (with heartbeats) rather than missing anything.
+            while hub.state.feed.head_id is None and not hub.closing:
+                client.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(hub.heartbeat, 0.1)):
+                        await client.wake.wait()
+            if hub.closing:
+                await self._finish(put, send, "shutdown")
+                return
+            feed = hub.state.feed
+            unsubscribe = feed.subscribe(client.push)
+            head = feed.head_id
+            assert head is not None
+            recent = list(feed.recent)
+            cursor = self.after or head
+            if self.after is not None and id_key(self.after) < id_key(head):
+                try:
+                    async for chunk in _backlog(hub, self.after, head, recent):
+                        await put(b"".join(hub.encode(m) for m in chunk))
+                        cursor = chunk[-1].id
+                except StoreUnavailable:
+                    # Better a reconnect a moment later than a gap.
+                    await self._finish(put, send, "unavailable")
+                    return
+            await self._follow(hub, client, put, send, cursor)
+        except _Closed:
+            return
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+
+    async def _follow(self, hub: Hub, client: Client, put: Put, send: Send, cursor: str) -> None:
+        last = id_key(cursor)
+        while True:
+            if client.overflowed:
+                await self._finish(put, send, "overflow")
+                return
+            if hub.closing:
+                await self._finish(put, send, "shutdown")
+                return
+            batch = client.take()
+            if batch:
+                fresh = [m for m in batch if id_key(m.id) > last]
+                if fresh:
+                    await put(b"".join(hub.encode(m) for m in fresh))
+                    last = id_key(fresh[-1].id)
+                continue
+            client.wake.clear()
+            try:
+                async with asyncio.timeout(hub.heartbeat):
+                    await client.wake.wait()
+            except TimeoutError:
+                await put(b": heartbeat\n\n")
+
+    async def _finish(self, put: Put, send: Send, reason: str) -> None:
+        """Tell the client to come back (from its last id) and end the response."""
+        if reason == "shutdown":
+            retry = random.randint(*SHUTDOWN_RETRY_MS)
+        elif reason == "overflow":
+            retry = OVERFLOW_RETRY_MS
+        else:
+            retry = RETRY_MS
+        data = json.dumps({"reason": reason, "retry": retry})
+        await put(f"retry: {retry}\nevent: reconnect\ndata: {data}\n\n".encode())
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _backlog(
+    hub: Hub, after: str, head: str, recent: list[Message]
+) -> AsyncIterator[list[Message]]:
+    """Messages after `after` up to the feed's `head`, oldest first, in chunks.
+
+    `recent` is the feed's memory at subscription: an unbroken run of messages ending at
+    `head`, so once the cursor reaches its first id the rest comes from there.
+    """
+    cursor = after
+    attempts = 0
+    while id_key(cursor) < id_key(head):
+        if recent and id_key(recent[0].id) <= id_key(cursor):
+            chunk = [m for m in recent if id_key(m.id) > id_key(cursor)]
+            if chunk:
+                yield chunk
+            return
+        page = await hub.state.store.after(cursor, BACKLOG_PAGE)
+        if not page:
+            # The reader answering is behind this feed; the messages exist, so wait for it.
+            attempts += 1
+            if attempts >= BACKLOG_ATTEMPTS:
+                raise StoreUnavailable("no reader has caught up with the live feed")
+            await asyncio.sleep(0.1)
+            continue
+        attempts = 0
+        yield page
+        cursor = page[-1].id
+
+
+def _ids(*values: str | None) -> Iterator[str]:
+    return (v for v in values if v)
+
+
+@router.get(
+    "/messages/stream",
+    summary="Follow new messages live (Server-Sent Events)",
+    response_class=EventStream,
+    status_code=200,
+    responses={
+        200: {
+            "description": "An endless `text/event-stream`. Each new message is one event "
+            "`message` whose `id:` is the message id and whose `data:` is the message as JSON "
+            '(`{"id", "text", "created_at"}`). A comment line is sent every 15 s while idle. '
+            'An event `reconnect` (data `{"reason", "retry"}`) precedes the end of the '
+            "stream when the client fell too far behind or the server is stopping: reconnect "
+            "after `retry` ms with the last id received.",
+            "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+        },
+        400: {
+            "description": "`after` or `Last-Event-ID` is not a message id",
+            "content": {"application/problem+json": {}},
+        },
+    },
+)
+async def stream(
+    request: Request,
+    after: Annotated[
+        str | None,
+        Query(
+            pattern=r"^\d{1,20}-\d{1,20}$",
+            description="Resume after this message id: every newer message is sent, "
+            "none twice. For clients that cannot send `Last-Event-ID`."
+        ),
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="Sent by browsers when they reconnect; takes the place of `after`.",
+        ),
+    ] = None,
+) -> Response:
+    """New messages as they are posted, on any frontend. Without `after` or `Last-Event-ID`
+    the stream starts with the next new message."""
+    state: AppState = request.state.app
+    resume: str | None = None
+    if last_event_id is not None and last_event_id.strip():
+        resume = last_event_id.strip()
+        parse_id(resume, "Last-Event-ID")
+    if after is not None:
+        parse_id(after, "after")
+        # A browser that reconnects sends both the original `?after=` and a newer
+        # Last-Event-ID; the newest id is what it has seen.
+        resume = max(_ids(resume, after), key=id_key)
+    return EventStream(Hub.of(state), resume)
