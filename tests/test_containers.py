@@ -62,6 +62,10 @@ def deployment(name: str) -> dict[str, Any]:
     return doc
 
 
+def base_deployments() -> dict[str, dict[str, Any]]:
+    return {name: deployment(name) for name in ("redis-leader", "redis-follower", "frontend")}
+
+
 def base_images() -> set[str]:
     """Every image reference the build and the manifests need, as they are written."""
     dockerfile = (ROOT / "Dockerfile").read_text()
@@ -96,6 +100,10 @@ class Topology:
     image: str
     network: str
     leader_volume: str
+    deployments: dict[str, dict[str, Any]] = field(default_factory=base_deployments)
+    # Secret name -> host directory holding one file per key (a Secret volume's layout).
+    secrets: dict[str, Path] = field(default_factory=dict)
+    password: str = ""
     base_url: str = ""
     containers: list[str] = field(default_factory=list)
     build_seconds: float = 0.0
@@ -114,13 +122,16 @@ class Topology:
         return f"{self.prefix}-frontend"
 
     def cli(self, container: str, *args: str) -> str:
-        return podman("exec", container, "valkey-cli", *args, timeout=30).stdout
+        auth = ["--no-auth-warning", "-a", self.password] if self.password else []
+        return podman("exec", container, "valkey-cli", *auth, *args, timeout=30).stdout
 
-    def run(
-        self, name: str, spec: dict[str, Any], alias: str, *extra: str, image: str = ""
-    ) -> None:
-        """`podman run` one container of a Deployment's pod template, as Kubernetes would."""
-        pod = spec["template"]["spec"]
+    def run(self, name: str, alias: str, *extra: str, image: str = "") -> None:
+        """`podman run` one container of a Deployment's pod template, as Kubernetes would.
+
+        `alias` names the Deployment and is the container's network alias, standing in for
+        the Service of the same name.
+        """
+        pod = self.deployments[alias]["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         security = container["securityContext"]
         user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
@@ -139,8 +150,22 @@ class Topology:
         for mount in container.get("volumeMounts", []):
             if mount["name"] in empty_dirs:
                 flags += ["--tmpfs", f"{mount['mountPath']}:rw,U"]
-        for env in container.get("env", []):
-            flags += ["--env", f"{env['name']}={env['value']}"]
+        secret_volumes = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] in secret_volumes:
+                host = self.secrets[secret_volumes[mount["name"]]["secretName"]]
+                flags += ["--volume", f"{host}:{mount['mountPath']}:ro"]
+        env: dict[str, str] = {}
+        for var in container.get("env", []):
+            if "valueFrom" in var:
+                ref = var["valueFrom"]["secretKeyRef"]
+                value = (self.secrets[ref["name"]] / ref["key"]).read_text()
+            else:
+                # Kubernetes expands $(NAME) from the variables defined before this one.
+                value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), var["value"])
+            env[var["name"]] = value
+        for key, value in env.items():
+            flags += ["--env", f"{key}={value}"]
         entrypoint = container.get("command", [])
         if entrypoint:
             flags += ["--entrypoint", json.dumps(entrypoint)]
@@ -150,18 +175,48 @@ class Topology:
     def start_leader(self) -> None:
         # The PersistentVolumeClaim: a named volume, made writable for the pod's user first
         # (what fsGroup does on Kubernetes).
-        spec = deployment("redis-leader")["spec"]
-        user = spec["template"]["spec"]["securityContext"]["runAsUser"]
-        image = spec["template"]["spec"]["containers"][0]["image"]
+        pod = self.deployments["redis-leader"]["spec"]["template"]["spec"]
+        user = pod["securityContext"]["runAsUser"]
         podman(
             "run", "--rm", "--user", "0", "--volume", f"{self.leader_volume}:/data",
-            "--entrypoint", "chown", image, f"{user}:{user}", "/data",
+            "--entrypoint", "chown", pod["containers"][0]["image"], f"{user}:{user}", "/data",
         )  # fmt: skip
-        self.run(self.leader, spec, "redis-leader", "--volume", f"{self.leader_volume}:/data")
+        self.run(self.leader, "redis-leader", "--volume", f"{self.leader_volume}:/data")
+
+    def start(self) -> None:
+        """Leader, followers, then the frontend once the image is there."""
+        podman("network", "create", self.network)
+        self.start_leader()
+        for name in self.followers:
+            self.run(name, "redis-follower")
+
+    def start_frontend(self) -> float:
+        """Start the frontend; seconds from `podman run` to /readyz 200."""
+        started = time.monotonic()
+        self.run(self.frontend, "frontend", "--publish", "127.0.0.1::8080", image=self.image)
+        port = podman("port", self.frontend, "8080/tcp").stdout.strip().rsplit(":", 1)[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        wait_for("/readyz", lambda: httpx.get(f"{self.base_url}/readyz").status_code == 200)
+        ready = time.monotonic() - started
+        for name in self.followers:
+            wait_for(
+                f"{name} replicating",
+                lambda name=name: "master_link_status:up" in self.cli(name, "info", "replication"),
+            )
+        return ready
+
+    def dump_logs(self) -> None:
+        for name in self.containers:
+            print(f"--- logs of {name}\n{podman('logs', name, check=False).stderr}")
+
+    def remove(self) -> None:
+        for name in reversed(self.containers):
+            podman("rm", "--force", "--time", "2", name, check=False)
+        podman("network", "rm", "--force", self.network, check=False)
+        podman("volume", "rm", "--force", self.leader_volume, check=False)
 
 
-@pytest.fixture(scope="module")
-def topology() -> Iterator[Topology]:
+def require_podman_and_base_images() -> None:
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed (scripts/ci/install-container-tools.sh installs it)")
     missing = sorted(
@@ -173,55 +228,52 @@ def topology() -> Iterator[Topology]:
             pytest.fail(reason)
         pytest.skip(reason)
 
+
+def new_topology(image: str, **kwargs: Any) -> Topology:
     run_id = uuid.uuid4().hex[:8]
-    top = Topology(
+    return Topology(
         prefix=f"guestbook-test-{run_id}",
-        image=f"localhost/guestbook-test:{run_id}",
+        image=image,
         network=f"guestbook-test-{run_id}",
         leader_volume=f"guestbook-test-{run_id}-leader-data",
+        **kwargs,
     )
-    podman("network", "create", top.network)
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[str]:
+    require_podman_and_base_images()
+    tag = f"localhost/guestbook-test:{uuid.uuid4().hex[:8]}"
+    yield tag
+    podman("rmi", "--force", tag, check=False)
+
+
+def build(tag: str) -> float:
+    started = time.monotonic()
+    # --network host for the RUN steps only: the default podman network here does not
+    # reach the machine's DNS resolver, and uv must fetch the build backend.
+    podman(
+        "build", "--pull=never", "--network", "host", "--format", "docker",
+        "--tag", tag, str(ROOT),
+    )  # fmt: skip
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def topology(image: str) -> Iterator[Topology]:
+    """The base manifests' topology in containers; the image is built while it starts."""
+    top = new_topology(image)
     try:
         # The stores first: the followers' first sync runs while the image builds.
-        top.start_leader()
-        for name in top.followers:
-            top.run(name, deployment("redis-follower")["spec"], "redis-follower")
-
-        started = time.monotonic()
-        # --network host for the RUN steps only: the default podman network here does not
-        # reach the machine's DNS resolver, and uv must fetch the build backend.
-        podman(
-            "build", "--pull=never", "--network", "host", "--format", "docker",
-            "--tag", top.image, str(ROOT),
-        )  # fmt: skip
-        top.build_seconds = time.monotonic() - started
-
-        started = time.monotonic()
-        top.run(
-            top.frontend, deployment("frontend")["spec"], "frontend",
-            "--publish", "127.0.0.1::8080",
-            image=top.image,
-        )  # fmt: skip
-        port = podman("port", top.frontend, "8080/tcp").stdout.strip().rsplit(":", 1)[1]
-        top.base_url = f"http://127.0.0.1:{port}"
-        wait_for("/readyz", lambda: httpx.get(f"{top.base_url}/readyz").status_code == 200)
-        top.ready_seconds = time.monotonic() - started
-        for name in top.followers:
-            wait_for(
-                f"{name} replicating",
-                lambda name=name: "master_link_status:up" in top.cli(name, "info", "replication"),
-            )
+        top.start()
+        top.build_seconds = build(image)
+        top.ready_seconds = top.start_frontend()
         yield top
     except BaseException:
-        for name in top.containers:
-            print(f"--- logs of {name}\n{podman('logs', name, check=False).stderr}")
+        top.dump_logs()
         raise
     finally:
-        for name in reversed(top.containers):
-            podman("rm", "--force", "--time", "2", name, check=False)
-        podman("network", "rm", "--force", top.network, check=False)
-        podman("volume", "rm", "--force", top.leader_volume, check=False)
-        podman("rmi", "--force", top.image, check=False)
+        top.remove()
 
 
 def post(top: Topology, text: str) -> dict[str, Any]:
@@ -338,11 +390,12 @@ def test_reads_keep_working_with_a_follower_container_stopped(topology: Topology
 
 def test_frontend_stops_promptly_and_cleanly_on_sigterm(topology: Topology) -> None:
     name = f"{topology.prefix}-frontend-stop"
-    topology.run(
-        name, deployment("frontend")["spec"], "frontend-stop",
-        "--publish", "127.0.0.1::8080",
-        image=topology.image,
+    podman(
+        "run", "--detach", "--name", name, "--network", topology.network,
+        "--read-only", "--tmpfs", "/tmp:rw,U", "--cap-drop", "ALL",
+        "--publish", "127.0.0.1::8080", topology.image,
     )  # fmt: skip
+    topology.containers.append(name)
     port = podman("port", name, "8080/tcp").stdout.strip().rsplit(":", 1)[1]
     wait_for("/readyz", lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200)
 
@@ -368,3 +421,80 @@ def test_leader_data_outlives_its_container(topology: Topology) -> None:
     wait_for("the leader to answer", lambda: "PONG" in topology.cli(topology.leader, "ping"))
     assert text in store_dump(topology, topology.leader)
     wait_for("reads through the frontend", lambda: text in texts(topology))
+
+
+# --- the production overlay's password, in containers ------------------------------------
+
+
+def rendered_production_deployments() -> dict[str, dict[str, Any]]:
+    kubectl = shutil.which("kubectl") or str(Path.home() / ".local" / "bin" / "kubectl")
+    if not os.access(kubectl, os.X_OK):
+        pytest.skip("kubectl is not installed (scripts/ci/install-container-tools.sh installs it)")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / "deploy" / "kubernetes" / "overlays" / "production")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        doc["metadata"]["name"]: doc
+        for doc in yaml.safe_load_all(rendered)
+        if doc and doc["kind"] == "Deployment"
+    }
+
+
+@pytest.fixture(scope="module")
+def production(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """overlays/production's Deployments in containers, the Secret as a mounted directory."""
+    deployments = rendered_production_deployments()
+    password = uuid.uuid4().hex
+    secret = tmp_path_factory.mktemp("redis-auth")
+    (secret / "password").write_text(password)
+    secret.chmod(0o755)  # a Secret volume is readable by the pod's fsGroup
+    (secret / "password").chmod(0o644)
+    top = new_topology(
+        topology.image,
+        deployments=deployments,
+        secrets={"redis-auth": secret},
+        password=password,
+    )
+    try:
+        top.start()
+        top.start_frontend()
+        yield top
+    except BaseException:
+        top.dump_logs()
+        raise
+    finally:
+        top.remove()
+
+
+def test_production_stores_refuse_clients_without_the_password(production: Topology) -> None:
+    for name in (production.leader, *production.followers):
+        anonymous = podman("exec", name, "valkey-cli", "ping", check=False)
+        assert "NOAUTH" in anonymous.stdout + anonymous.stderr
+        # The password was given on the command line; the process list must not show it.
+        assert production.password not in podman("exec", name, "cat", "/proc/1/cmdline").stdout
+
+
+def test_production_readiness_commands_authenticate(production: Topology) -> None:
+    for name, container_name in [
+        ("redis-leader", production.leader),
+        *(("redis-follower", f) for f in production.followers),
+    ]:
+        pod = production.deployments[name]["spec"]["template"]["spec"]
+        command = pod["containers"][0]["readinessProbe"]["exec"]["command"]
+        result = podman("exec", container_name, *command, check=False)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+
+
+def test_production_frontend_writes_and_followers_replicate_with_the_password(
+    production: Topology,
+) -> None:
+    text = f"behind a password {uuid.uuid4().hex[:6]}"
+
+    post(production, text)
+
+    assert text in texts(production)
+    for name in production.followers:
+        wait_for(f"{name} to hold the post", lambda name=name: text in store_dump(production, name))

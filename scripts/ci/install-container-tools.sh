@@ -63,7 +63,7 @@ install_tool() {  # name version
         log "${name} ${version} already installed"
     else
         log "uv tool install ${name}==${version}"
-        uv tool install --quiet --force --python 3.11 "${name}==${version}"
+        uv tool install --quiet --force "${name}==${version}"
     fi
 }
 install_tool kubernetes-validate "${KUBERNETES_VALIDATE_VERSION}"
