@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
+from prometheus_client import Counter
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -47,8 +48,10 @@ router = APIRouter(prefix="/api", tags=["messages"])
 
 # A comment this often keeps idle streams open through proxies that cut silent connections.
 HEARTBEAT = 15.0
-# Messages waiting for one client before it is told to reconnect instead.
+# Messages waiting for one client before it is told to reconnect instead. At least one whole
+# batch of the feed (`MessageStore.watch` reads up to 500), or a burst would cut everyone.
 QUEUE_LIMIT = 1000
+FEED_BATCH = 500
 # A client that takes no bytes for this long is dropped (its socket buffers are full).
 SEND_TIMEOUT = 30.0
 # Reconnect delay hints, in milliseconds. After shutdown they are spread out so that a
@@ -85,11 +88,19 @@ class Hub:
         self.heartbeat = float(
             state.extra.get("sse_heartbeat", _env_float("GUESTBOOK_SSE_HEARTBEAT", HEARTBEAT))
         )
-        self.queue_limit = int(
-            state.extra.get("sse_queue", _env_float("GUESTBOOK_SSE_QUEUE", QUEUE_LIMIT))
+        self.queue_limit = max(
+            FEED_BATCH,
+            int(state.extra.get("sse_queue", _env_float("GUESTBOOK_SSE_QUEUE", QUEUE_LIMIT))),
         )
         self.clients: set[Client] = set()
         self.closing = False
+        self.cut = Counter(
+            "guestbook_live_streams_cut",
+            "Live streams the server cut short, asking the client to reconnect, by reason "
+            "(overflow: the client fell behind; shutdown; unavailable: no backlog reader)",
+            ["reason"],
+            registry=state.metrics.registry,
+        )
         self._encoded: OrderedDict[str, bytes] = OrderedDict()
         self._watcher: asyncio.Task[None] | None = None
 
@@ -136,10 +147,11 @@ class Hub:
 class Client:
     """One connected stream: messages the feed handed over and the writer has not sent yet."""
 
-    __slots__ = ("limit", "overflowed", "pending", "wake")
+    __slots__ = ("hub", "limit", "overflowed", "pending", "wake")
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.limit = hub.queue_limit
         self.pending: deque[Message] = deque()
         self.overflowed = False
         self.wake = asyncio.Event()
@@ -151,6 +163,7 @@ class Client:
         if len(self.pending) + len(batch) > self.limit:
             self.overflowed = True
             self.pending.clear()
+            self.hub.cut.labels("overflow").inc()
         else:
             self.pending.extend(batch)
         self.wake.set()
@@ -185,7 +198,7 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.hub is not None
         hub = self.hub
-        client = Client(hub.queue_limit)
+        client = Client(hub)
         hub.add(client)
         writer = asyncio.create_task(self._write(hub, client, send))
         gone = asyncio.create_task(_until_disconnect(receive))
@@ -221,7 +234,7 @@ class EventStream(Response):
                     async with asyncio.timeout(min(hub.heartbeat, 0.1)):
                         await client.wake.wait()
             if hub.closing:
-                await self._finish(put, send, "shutdown")
+                await self._finish(hub, put, send, "shutdown")
                 return
             feed = hub.state.feed
             unsubscribe = feed.subscribe(client.push)
@@ -236,7 +249,7 @@ class EventStream(Response):
                         cursor = chunk[-1].id
                 except StoreUnavailable:
                     # Better a reconnect a moment later than a gap.
-                    await self._finish(put, send, "unavailable")
+                    await self._finish(hub, put, send, "unavailable")
                     return
             await self._follow(hub, client, put, send, cursor)
         except _Closed:
@@ -249,10 +262,10 @@ class EventStream(Response):
         last = id_key(cursor)
         while True:
             if client.overflowed:
-                await self._finish(put, send, "overflow")
+                await self._finish(hub, put, send, "overflow")
                 return
             if hub.closing:
-                await self._finish(put, send, "shutdown")
+                await self._finish(hub, put, send, "shutdown")
                 return
             batch = client.take()
             if batch:
@@ -268,7 +281,7 @@ class EventStream(Response):
             except TimeoutError:
                 await put(b": heartbeat\n\n")
 
-    async def _finish(self, put: Put, send: Send, reason: str) -> None:
+    async def _finish(self, hub: Hub, put: Put, send: Send, reason: str) -> None:
         """Tell the client to come back (from its last id) and end the response."""
         if reason == "shutdown":
             retry = random.randint(*SHUTDOWN_RETRY_MS)
@@ -276,6 +289,8 @@ class EventStream(Response):
             retry = OVERFLOW_RETRY_MS
         else:
             retry = RETRY_MS
+        if reason != "overflow":  # counted when it happened, not once the client reads
+            hub.cut.labels(reason).inc()
         data = json.dumps({"reason": reason, "retry": retry})
         await put(f"retry: {retry}\nevent: reconnect\ndata: {data}\n\n".encode())
         with contextlib.suppress(OSError, TimeoutError):
@@ -351,7 +366,7 @@ async def stream(
         Query(
             pattern=r"^\d{1,20}-\d{1,20}$",
             description="Resume after this message id: every newer message is sent, "
-            "none twice. For clients that cannot send `Last-Event-ID`."
+            "none twice. For clients that cannot send `Last-Event-ID`.",
         ),
     ] = None,
     last_event_id: Annotated[
