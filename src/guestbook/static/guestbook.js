@@ -1,2 +1,317 @@
 // Progressive enhancement of the guestbook page; the page works without it.
+//
+// - Posting goes through the JSON API without a reload; the poster's message shows at once.
+// - New messages from everyone arrive over Server-Sent Events (/api/messages/stream), resumed
+//   after the last id seen, so a dropped connection misses nothing; ids are never shown twice.
+// - One banner tells what is wrong (read-only, unreachable, live updates paused) and clears
+//   itself once it is not.
+// - Times read "2 min ago", with the exact time on hover.
+// Text is only ever set with textContent: a message can never become markup.
 "use strict";
+
+(function () {
+  const main = document.querySelector("main.book");
+  const form = document.querySelector("form.post");
+  const input = document.getElementById("text");
+  const list = document.getElementById("messages");
+  const banner = document.getElementById("banner");
+  const liveMark = document.getElementById("live");
+  if (!main || !form || !input || !list || !banner) return;
+  const button = form.querySelector("button");
+
+  const MAX_SHOWN = 200;
+  const seen = new Set();
+  for (const li of list.querySelectorAll("li[data-id]")) seen.add(li.dataset.id);
+
+  // --- ids --------------------------------------------------------------------------------
+  // "<ms>-<seq>": both parts fit a double exactly for any real clock and sequence.
+  function compareIds(a, b) {
+    const [am, as] = a.split("-").map(Number);
+    const [bm, bs] = b.split("-").map(Number);
+    return am - bm || as - bs;
+  }
+
+  // --- the banner ---------------------------------------------------------------------------
+  // Several things can be wrong at once; the most important one is shown.
+  const PRIORITY = ["error", "readonly", "offline", "live"];
+  const notices = new Map();
+  let errorTimer = 0;
+
+  function notice(kind, text) {
+    if (text) notices.set(kind, text);
+    else notices.delete(kind);
+    const shown = PRIORITY.find((k) => notices.has(k));
+    banner.hidden = !shown;
+    banner.textContent = shown ? notices.get(shown) : "";
+    banner.className = shown ? `banner banner-${shown}` : "banner";
+    banner.dataset.kind = shown || "";
+  }
+
+  function showError(text) {
+    notice("error", text);
+    clearTimeout(errorTimer);
+    errorTimer = setTimeout(() => notice("error", null), 10000);
+  }
+
+  // A form error rendered by the server (the no-JavaScript path) stays until the next post.
+  if (!banner.hidden && banner.textContent.trim()) notices.set("error", banner.textContent.trim());
+
+  // --- times --------------------------------------------------------------------------------
+  const exact = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
+  const day = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "short", day: "numeric" });
+
+  function relative(date, now) {
+    const seconds = Math.round((now - date) / 1000);
+    if (seconds < 45) return "just now";
+    const minutes = Math.round(seconds / 60);
+    if (minutes < 60) return `${minutes} min ago`;
+    const hours = Math.round(minutes / 60);
+    if (hours < 24) return `${hours} h ago`;
+    const days = Math.round(hours / 24);
+    if (days === 1) return "yesterday";
+    if (days < 7) return `${days} days ago`;
+    return day.format(date);
+  }
+
+  function showTime(time, now) {
+    const date = new Date(time.dateTime);
+    if (Number.isNaN(date.getTime())) return;
+    time.textContent = relative(date, now);
+    time.title = exact.format(date);
+  }
+
+  function refreshTimes() {
+    const now = Date.now();
+    for (const time of list.querySelectorAll("time[datetime]")) showTime(time, now);
+  }
+
+  // --- the list -------------------------------------------------------------------------------
+  function element(message) {
+    const li = document.createElement("li");
+    li.dataset.id = message.id;
+    const text = document.createElement("p");
+    text.className = "text";
+    text.textContent = message.text;
+    const time = document.createElement("time");
+    time.dateTime = message.created_at;
+    showTime(time, Date.now());
+    li.append(text, time);
+    return li;
+  }
+
+  function add(message) {
+    if (!message || typeof message.id !== "string" || seen.has(message.id)) return;
+    seen.add(message.id);
+    const empty = list.querySelector("li.empty");
+    if (empty) empty.remove();
+    const li = element(message);
+    li.classList.add("new");
+    // Newest first; a message may arrive out of order (one's own post races the stream).
+    let before = null;
+    for (const other of list.querySelectorAll("li[data-id]")) {
+      if (compareIds(other.dataset.id, message.id) < 0) {
+        before = other;
+        break;
+      }
+    }
+    list.insertBefore(li, before);
+    trim();
+  }
+
+  function trim() {
+    const items = list.querySelectorAll("li[data-id]");
+    if (items.length <= MAX_SHOWN) return;
+    for (let i = MAX_SHOWN; i < items.length; i++) {
+      seen.delete(items[i].dataset.id);
+      items[i].remove();
+    }
+    // What was cut off is one click away, like any older page.
+    const last = items[MAX_SHOWN - 1].dataset.id;
+    let older = document.getElementById("older");
+    if (!older) {
+      older = document.createElement("a");
+      older.id = "older";
+      older.rel = "next";
+      older.textContent = "Older messages";
+      const nav = document.querySelector("nav.paging") || main.appendChild(document.createElement("nav"));
+      nav.classList.add("paging");
+      nav.append(older);
+    }
+    older.href = `/?before=${encodeURIComponent(last)}`;
+  }
+
+  // --- health -----------------------------------------------------------------------------
+  let readyTimer = 0;
+  let leaderTimer = 0;
+
+  async function checkReady() {
+    clearTimeout(readyTimer);
+    let ok = false;
+    try {
+      ok = (await fetch("/readyz", { cache: "no-store" })).ok;
+    } catch (_) {
+      ok = false;
+    }
+    notice("offline", ok ? null : "The guestbook cannot be reached right now. Retrying…");
+    if (!ok) readyTimer = setTimeout(checkReady, 3000);
+    return ok;
+  }
+
+  // Read-only: the leader is down and posts answer 503. Watch until it is back.
+  async function checkLeader(text) {
+    clearTimeout(leaderTimer);
+    let writable = false;
+    try {
+      const response = await fetch("/api/status", { cache: "no-store" });
+      if (response.ok) writable = Boolean((await response.json()).leader?.reachable);
+    } catch (_) {
+      writable = false;
+    }
+    if (writable) {
+      notice("readonly", null);
+      return;
+    }
+    notice(
+      "readonly",
+      text ||
+        notices.get("readonly") ||
+        "The guestbook is read-only right now: new messages cannot be saved. Reading still works.",
+    );
+    leaderTimer = setTimeout(checkLeader, 2000);
+  }
+
+  // --- posting ----------------------------------------------------------------------------
+  async function problemDetail(response) {
+    try {
+      const body = await response.json();
+      if (body && typeof body.detail === "string") return body.detail;
+    } catch (_) {
+      // not JSON: fall through to a generic message
+    }
+    return `The message could not be posted (HTTP ${response.status}).`;
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!input.value.trim()) {
+      input.focus();
+      return;
+    }
+    if (button) button.disabled = true;
+    form.setAttribute("aria-busy", "true");
+    try {
+      const response = await fetch("/api/messages", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ text: input.value }),
+        credentials: "same-origin",
+      });
+      if (response.status === 201) {
+        add(await response.json());
+        input.value = "";
+        clearTimeout(errorTimer);
+        notice("error", null);
+        notice("readonly", null);
+        notice("offline", null);
+      } else if (response.status === 503) {
+        checkLeader(await problemDetail(response));
+      } else {
+        showError(await problemDetail(response));
+      }
+    } catch (_) {
+      notice("offline", "The guestbook cannot be reached right now. Retrying…");
+      checkReady();
+    } finally {
+      if (button) button.disabled = false;
+      form.removeAttribute("aria-busy");
+      input.focus();
+    }
+  });
+
+  input.addEventListener("input", () => {
+    if (notices.has("error")) notice("error", null);
+  });
+
+  // --- live updates -----------------------------------------------------------------------
+  let source = null;
+  let lastId = main.dataset.newest || null;
+  let delay = 0;
+  let hint = 0;
+  let lostTimer = 0;
+
+  function connect() {
+    const query = lastId ? `?after=${encodeURIComponent(lastId)}` : "";
+    source = new EventSource(`/api/messages/stream${query}`);
+    source.addEventListener("open", () => {
+      delay = 0;
+      clearTimeout(lostTimer);
+      lostTimer = 0;
+      notice("live", null);
+      if (liveMark) liveMark.hidden = false;
+    });
+    source.addEventListener("message", (event) => {
+      let message = null;
+      try {
+        message = JSON.parse(event.data);
+      } catch (_) {
+        return;
+      }
+      if (event.lastEventId) lastId = event.lastEventId;
+      add(message);
+    });
+    // The server ends a stream on purpose (stopping, or we fell behind) with a retry hint.
+    source.addEventListener("reconnect", (event) => {
+      try {
+        hint = Number(JSON.parse(event.data).retry) || 0;
+      } catch (_) {
+        hint = 0;
+      }
+    });
+    source.addEventListener("error", () => {
+      // The browser's own retry would forget our backoff and, after a failed request,
+      // give up for good: reconnect by hand, resuming after the last id seen.
+      source.close();
+      source = null;
+      if (liveMark) liveMark.hidden = true;
+      const wait = hint || Math.min(30000, Math.max(500, delay * 2));
+      delay = hint ? 0 : wait;
+      hint = 0;
+      setTimeout(connect, wait + Math.random() * 250);
+      if (!lostTimer) {
+        lostTimer = setTimeout(() => {
+          notice("live", "Live updates are paused: reconnecting…");
+          checkReady();
+        }, 1500);
+      }
+    });
+  }
+
+  async function start() {
+    refreshTimes();
+    setInterval(refreshTimes, 30000);
+    if (main.dataset.view !== "newest") return; // an older page stays as it is
+    if (!lastId) {
+      // An empty page: ask whether the guestbook is really empty before following it, so
+      // "everything after the start" means what it says and nothing is missed.
+      try {
+        const response = await fetch("/api/messages?limit=20", { cache: "no-store" });
+        if (response.ok) {
+          const page = await response.json();
+          for (const message of page.messages.slice().reverse()) add(message);
+          lastId = page.messages.length ? page.messages[0].id : "0-0";
+        }
+      } catch (_) {
+        // the stream starts from now; the next message still arrives
+      }
+    }
+    connect();
+    fetch("/api/status", { cache: "no-store" })
+      .then((response) => (response.ok ? response.json() : null))
+      .then((status) => {
+        if (status && status.leader && !status.leader.reachable) checkLeader();
+      })
+      .catch(() => {});
+  }
+
+  start();
+})();
