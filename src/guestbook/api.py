@@ -103,10 +103,10 @@ async def list_messages(
     if before is None:
         cached = state.feed.first_page(limit, must_include)
         if cached is not None:
-            state.metrics.page_cache.labels("hit").inc()
+            state.metrics.page_cache_hit.inc()
             encoded = state.feed.encoded(("api", limit), lambda: encode_page(cached, limit))
             return Response(encoded, media_type=JSON)
-        state.metrics.page_cache.labels("miss").inc()
+        state.metrics.page_cache_miss.inc()
     page = await state.store.page(limit, before, must_include)
     state.read_from = page.source
     body = {"messages": [m.as_dict() for m in page.messages], "next": page.next}

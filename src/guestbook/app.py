@@ -25,6 +25,7 @@ from .errors import (
     ReplicationTimeout,
     StoreUnavailable,
 )
+from .fastpath import ReadFastPath
 from .feed import Feed
 from .observability import Metrics, RequestMiddleware
 from .problems import HTTPProblem, legacy_error, problem_response
@@ -97,6 +98,7 @@ def create_app(settings: Settings, address: StoreAddress, instance: str | None =
     if assets is not None:
         app.mount("/docs-assets", StaticFiles(directory=assets), "docs-assets")
     _install_error_handlers(app)
+    app.add_middleware(ReadFastPath)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     return app
 

@@ -41,6 +41,7 @@ class Feed:
         self._fresh_at = 0.0
         self._stale_after = BLOCK_MS / 1000 + store.timeout + 0.5
         self._subscribers: set[Subscriber] = set()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._encoded: dict[object, bytes] = {}
         self._encoded_version = -1
@@ -51,10 +52,13 @@ class Feed:
         self._task = asyncio.create_task(self._run(), name="guestbook-feed")
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: a cancel that lands while a client library's own
+        # read timeout fires can be lost, and the loop must still end after that read.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, self._stale_after + 1)
             self._task = None
 
     @property
@@ -99,7 +103,7 @@ class Feed:
 
     async def _run(self) -> None:
         delay = 0.05
-        while True:
+        while not self._stopping:
             try:
                 if self._synced and self.head_id is not None:
                     batch, self.source = await self.store.watch(self.head_id)

@@ -61,8 +61,39 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(settings: Settings, instance: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
+class BufferedStdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to stdout but flushes at most every FLUSH_EVERY seconds (and at once for
+    warnings and worse): one write syscall per access-log line would cost more than the
+    request it describes. `flush_due()` is called on a timer so no line waits long."""
+
+    FLUSH_EVERY = 0.25
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self._flushed_at = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING:
+            self.flush()
+        else:
+            self.flush_due()
+
+    def flush_due(self) -> None:
+        if time.monotonic() - self._flushed_at >= self.FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        self._flushed_at = time.monotonic()
+        super().flush()
+
+
+def configure_logging(settings: Settings, instance: str) -> BufferedStdoutHandler:
+    handler = BufferedStdoutHandler()
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter(instance))
     else:
@@ -75,6 +106,7 @@ def configure_logging(settings: Settings, instance: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    return handler
 
 
 class Metrics:
@@ -113,12 +145,27 @@ class Metrics:
         self.live_clients = Gauge(
             "guestbook_live_clients", "Connected live-feed clients", registry=self.registry
         )
-        self.page_cache = Counter(
+        page_cache = Counter(
             "guestbook_page_cache",
             "First-page reads served from the live head cache (hit) or the store (miss)",
             ["result"],
             registry=self.registry,
         )
+        self.page_cache_hit = page_cache.labels("hit")
+        self.page_cache_miss = page_cache.labels("miss")
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        # Looking a labelled child up costs more than using it: keep them.
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class RequestMiddleware:
@@ -144,6 +191,10 @@ class RequestMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"content-security-policy", csp))
                 headers.extend(_SECURITY_HEADERS)
+                state = scope.get("state", {}).get("app")
+                if state is not None and state.shutting_down:
+                    # Stopping: keep-alive clients should reconnect to another instance.
+                    headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -154,8 +205,7 @@ class RequestMiddleware:
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"
             method: str = scope["method"]
-            self.metrics.requests.labels(method, route_path, str(status)).inc()
-            self.metrics.latency.labels(method, route_path).observe(duration)
+            self.metrics.observe_request(method, route_path, status, duration)
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
                 access_log.info(

@@ -42,9 +42,9 @@ async def _newest(state: AppState, request: Request) -> tuple[list[Message], str
     must_include = wrote_cookie(request)
     cached = state.feed.first_page(PAGE_SIZE, must_include)
     if cached is not None:
-        state.metrics.page_cache.labels("hit").inc()
+        state.metrics.page_cache_hit.inc()
         return cached, state.feed.source, True
-    state.metrics.page_cache.labels("miss").inc()
+    state.metrics.page_cache_miss.inc()
     page = await state.store.page(PAGE_SIZE + 1, None, must_include)
     return page.messages, page.source, False
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 
 from granian.constants import Interfaces
@@ -18,14 +19,14 @@ from granian.server.embed import Server
 
 from .app import create_app
 from .embedded import EmbeddedServer
-from .observability import configure_logging
+from .observability import BufferedStdoutHandler, configure_logging
 from .settings import Settings, StoreAddress, discover
 
 log = logging.getLogger("guestbook")
 
 
 def serve(settings: Settings, instance: str, drain: float = 0.0) -> None:
-    configure_logging(settings, instance)
+    log_handler = configure_logging(settings, instance)
     address = discover(settings)
     embedded: EmbeddedServer | None = None
     if address.mode == "embedded":
@@ -33,14 +34,29 @@ def serve(settings: Settings, instance: str, drain: float = 0.0) -> None:
         address = replace(address, leader_url=embedded.url)
         log.info("embedded store started in %s", settings.data_dir)
     try:
-        asyncio.run(_run(settings, address, instance, drain))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_run(settings, address, instance, drain, log_handler))
     finally:
         if embedded is not None:
             embedded.stop()
             log.info("embedded store stopped")
 
 
-async def _run(settings: Settings, address: StoreAddress, instance: str, drain: float) -> None:
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ModuleNotFoundError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def _run(
+    settings: Settings,
+    address: StoreAddress,
+    instance: str,
+    drain: float,
+    log_handler: BufferedStdoutHandler,
+) -> None:
     app = create_app(settings, address, instance)
     server = Server(
         app,
@@ -66,6 +82,13 @@ async def _run(settings: Settings, address: StoreAddress, instance: str, drain: 
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+
+    def flush_logs() -> None:
+        log_handler.flush_due()
+        loop.call_later(log_handler.FLUSH_EVERY, flush_logs)
+
+    flush_logs()
     log.info("listening on http://%s:%d", settings.host, settings.port)
     await server.serve()
     log.info("stopped")
+    log_handler.flush()

@@ -125,6 +125,10 @@ def remember_write(response: Response, message_id: str) -> None:
     )
 
 
+def valid_id(value: str) -> bool:
+    return _ID.match(value) is not None
+
+
 def wrote_cookie(request: Request) -> str | None:
     value = request.cookies.get(WROTE_COOKIE)
-    return value if value and _ID.match(value) else None
+    return value if value and valid_id(value) else None

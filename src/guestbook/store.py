@@ -191,6 +191,11 @@ class MessageStore:
             async with asyncio.timeout(self.timeout + extra):
                 result = await op(server.blocking if extra else server.client)
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py may turn our own cancellation into a connection error; it must
+                # stay a cancellation, or the caller would retry instead of stopping.
+                raise asyncio.CancelledError from exc
             server.down_until = time.monotonic() + COOL_DOWN
             server.last_error = type(exc).__name__
             raise StoreUnavailable(f"{server.role} {server.name} did not answer") from exc
