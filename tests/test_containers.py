@@ -17,10 +17,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,11 @@ def wait_for(what: str, probe: Any, timeout: float = 30.0, interval: float = 0.2
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
+def valkey_cli(container: str, *args: str, password: str = "") -> str:
+    auth = ["--no-auth-warning", "-a", password] if password else []
+    return podman("exec", container, "valkey-cli", *auth, *args, timeout=30).stdout
+
+
 @dataclass
 class Topology:
     """The containers of one test run; names are unique per run."""
@@ -122,8 +128,7 @@ class Topology:
         return f"{self.prefix}-frontend"
 
     def cli(self, container: str, *args: str) -> str:
-        auth = ["--no-auth-warning", "-a", self.password] if self.password else []
-        return podman("exec", container, "valkey-cli", *auth, *args, timeout=30).stdout
+        return valkey_cli(container, *args, password=self.password)
 
     def run(self, name: str, alias: str, *extra: str, image: str = "") -> None:
         """`podman run` one container of a Deployment's pod template, as Kubernetes would.
@@ -289,7 +294,7 @@ def texts(top: Topology) -> list[str]:
     return [m["text"] for m in response.json()["messages"]]
 
 
-def store_dump(top: Topology, container: str) -> str:
+def store_dump(cli: Callable[..., str], container: str) -> str:
     """Every value under the guestbook: prefix in one server, whatever the key types."""
     readers = {
         "stream": ("xrange", "-", "+"),
@@ -300,11 +305,11 @@ def store_dump(top: Topology, container: str) -> str:
         "string": ("get",),
     }
     out = []
-    for key in top.cli(container, "--scan", "--pattern", "guestbook:*").split():
-        kind = top.cli(container, "type", key).strip()
+    for key in cli(container, "--scan", "--pattern", "guestbook:*").split():
+        kind = cli(container, "type", key).strip()
         if kind in readers:
             command, *args = readers[kind]
-            out.append(top.cli(container, command, key, *args))
+            out.append(cli(container, command, key, *args))
     return "\n".join(out)
 
 
@@ -329,7 +334,9 @@ def test_every_follower_container_holds_the_post(topology: Topology) -> None:
 
     for name in topology.followers:
         assert "role:slave" in topology.cli(name, "info", "replication")
-        wait_for(f"{name} to hold the post", lambda name=name: text in store_dump(topology, name))
+        wait_for(
+            f"{name} to hold the post", lambda name=name: text in store_dump(topology.cli, name)
+        )
 
 
 def test_the_manifests_readiness_commands_pass_in_the_store_containers(topology: Topology) -> None:
@@ -419,7 +426,7 @@ def test_leader_data_outlives_its_container(topology: Topology) -> None:
     topology.start_leader()
 
     wait_for("the leader to answer", lambda: "PONG" in topology.cli(topology.leader, "ping"))
-    assert text in store_dump(topology, topology.leader)
+    assert text in store_dump(topology.cli, topology.leader)
     wait_for("reads through the frontend", lambda: text in texts(topology))
 
 
@@ -497,4 +504,79 @@ def test_production_frontend_writes_and_followers_replicate_with_the_password(
 
     assert text in texts(production)
     for name in production.followers:
-        wait_for(f"{name} to hold the post", lambda name=name: text in store_dump(production, name))
+        wait_for(
+            f"{name} to hold the post", lambda name=name: text in store_dump(production.cli, name)
+        )
+
+
+# --- compose.yaml, through podman-compose -------------------------------------------------
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def compose(
+    topology: Topology, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """`podman-compose up` of compose.yaml, the frontend image being the one built here."""
+    podman_compose = shutil.which("podman-compose") or str(
+        Path.home() / ".local" / "bin" / "podman-compose"
+    )
+    if not os.access(podman_compose, os.X_OK):
+        pytest.skip(
+            "podman-compose is not installed (scripts/ci/install-container-tools.sh installs it)"
+        )
+    project = f"guestbook-test-{uuid.uuid4().hex[:8]}"
+    # Only the image name changes: the image is already built, so compose does not build.
+    override = tmp_path_factory.mktemp("compose") / "override.yaml"
+    override.write_text(yaml.safe_dump({"services": {"frontend": {"image": topology.image}}}))
+    port = free_loopback_port()
+    env = dict(os.environ, GUESTBOOK_HOST_PORT=str(port))
+    env.setdefault("CONTAINERS_CONF", str(CONTAINERS_CONF))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [podman_compose, "-p", project, "-f", "compose.yaml", "-f", str(override)]
+        return subprocess.run(
+            [*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    up = run("up", "--detach", "--no-build")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        base_url = f"http://127.0.0.1:{port}"
+        wait_for("/readyz", lambda: httpx.get(f"{base_url}/readyz").status_code == 200)
+        yield project, base_url
+    finally:
+        run("down", "--volumes")
+
+
+def compose_container(project: str, service: str) -> str:
+    (name,) = podman(
+        "ps", "--format", "{{.Names}}",
+        "--filter", f"label=com.docker.compose.project={project}",
+        "--filter", f"label=com.docker.compose.service={service}",
+    ).stdout.split()  # fmt: skip
+    return name
+
+
+def test_compose_topology_serves_posts_and_both_followers_replicate_them(
+    compose: tuple[str, str],
+) -> None:
+    project, base_url = compose
+    text = f"through compose {uuid.uuid4().hex[:6]}"
+
+    response = httpx.post(f"{base_url}/api/messages", json={"text": text})
+
+    assert response.status_code == 201, response.text
+    messages = httpx.get(f"{base_url}/api/messages").json()["messages"]
+    assert text in [m["text"] for m in messages]
+    for service in ("redis-follower-1", "redis-follower-2"):
+        name = compose_container(project, service)
+        wait_for(
+            f"{service} to hold the post", lambda name=name: text in store_dump(valkey_cli, name)
+        )

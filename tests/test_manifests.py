@@ -395,7 +395,7 @@ def test_compose_runs_a_leader_two_followers_and_the_frontend_on_8080() -> None:
         assert services[name]["networks"]["default"]["aliases"] == ["redis-follower"]
     frontend = services["frontend"]
     assert frontend["build"] == "."
-    assert frontend["ports"] == ["127.0.0.1:8080:8080"]
+    assert frontend["ports"] == ["127.0.0.1:${GUESTBOOK_HOST_PORT:-8080}:8080"]
     assert frontend["environment"]["GET_HOSTS_FROM"] == "dns"
     assert frontend["read_only"] is True
     assert frontend["cap_drop"] == ["ALL"]

