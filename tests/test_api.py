@@ -270,6 +270,7 @@ def test_probes_and_metrics(gb: httpx.Client) -> None:
     )
     assert "guestbook_http_request_duration_seconds_bucket" in metrics
     assert "guestbook_live_clients" in metrics
+    assert 'guestbook_store_calls_total{operation="watch",role="follower"}' in metrics
 
 
 def test_shared_frontend_logs_json_lines(shared_frontend: Frontend, gb: httpx.Client) -> None:

@@ -52,6 +52,7 @@ def create_app(settings: Settings, address: StoreAddress, instance: str | None =
             address.follower_urls,
             timeout=settings.store_timeout,
             write_replicas=settings.write_replicas,
+            observer=metrics.observe_store_call,
         )
         feed = Feed(store)
         state = AppState(

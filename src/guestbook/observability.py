@@ -155,6 +155,12 @@ class Metrics:
         self.page_cache_miss = page_cache.labels("miss")
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
+    def observe_store_call(self, operation: str, role: str, error: str | None) -> None:
+        if error is None:
+            self.store_calls.labels(operation, role).inc()
+        else:
+            self.store_errors.labels(operation, error).inc()
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         # Looking a labelled child up costs more than using it: keep them.
         key = (method, route, status)

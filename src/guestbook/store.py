@@ -154,6 +154,8 @@ class MessageStore:
     follower_urls: Sequence[str] = ()
     timeout: float = 1.0
     write_replicas: int = 0
+    # Told of every call: (operation, server role, error name or None when it starts).
+    observer: Callable[[str, str, str | None], None] | None = None
     _leader: Server = field(init=False)
     _followers: list[Server] = field(init=False)
     _rotation: itertools.cycle[int] = field(init=False)
@@ -184,9 +186,15 @@ class MessageStore:
     # --- calls with a deadline -------------------------------------------------------------
 
     async def _call(
-        self, server: Server, op: Callable[[Redis], Awaitable[T]], extra: float = 0.0
+        self,
+        server: Server,
+        op: Callable[[Redis], Awaitable[T]],
+        name: str,
+        extra: float = 0.0,
     ) -> T:
         """Run `op` on `server` within the timeout; record and raise `StoreUnavailable`."""
+        if self.observer is not None:
+            self.observer(name, server.role, None)
         try:
             async with asyncio.timeout(self.timeout + extra):
                 result = await op(server.blocking if extra else server.client)
@@ -198,6 +206,8 @@ class MessageStore:
                 raise asyncio.CancelledError from exc
             server.down_until = time.monotonic() + COOL_DOWN
             server.last_error = type(exc).__name__
+            if self.observer is not None:
+                self.observer(name, server.role, server.last_error)
             raise StoreUnavailable(f"{server.role} {server.name} did not answer") from exc
         except ResponseError as exc:
             # LOADING (a restarted server reading its file) and MASTERDOWN are transient states
@@ -205,7 +215,11 @@ class MessageStore:
             if str(exc).startswith(("LOADING", "MASTERDOWN", "READONLY")):
                 server.down_until = time.monotonic() + COOL_DOWN
                 server.last_error = str(exc).split(" ", 1)[0]
+                if self.observer is not None:
+                    self.observer(name, server.role, server.last_error)
                 raise StoreUnavailable(f"{server.role} {server.name} cannot serve yet") from exc
+            if self.observer is not None:
+                self.observer(name, server.role, "ResponseError")
             raise
         server.down_until = 0.0
         server.last_error = None
@@ -224,11 +238,11 @@ class MessageStore:
         order.extend(f for f in self._followers if not f.usable(now))
         return order
 
-    async def _read(self, op: Callable[[Redis], Awaitable[T]]) -> tuple[T, Server]:
+    async def _read(self, op: Callable[[Redis], Awaitable[T]], name: str) -> tuple[T, Server]:
         last: StoreUnavailable | None = None
         for server in self._readers():
             try:
-                return await self._call(server, op), server
+                return await self._call(server, op, name), server
             except StoreUnavailable as exc:
                 last = exc
         raise StoreUnavailable("no store server could serve the read") from last
@@ -242,7 +256,7 @@ class MessageStore:
             return str(await client.xadd(STREAM, {"t": text}))
 
         try:
-            entry_id = await self._call(self._leader, add)
+            entry_id = await self._call(self._leader, add, "append")
         except StoreUnavailable as exc:
             raise LeaderUnavailable("the leader cannot take writes right now") from exc
         self._note_write(entry_id)
@@ -257,7 +271,7 @@ class MessageStore:
             return int(await client.wait(self.write_replicas, wait_ms))
 
         try:
-            acked = await self._call(self._leader, wait)
+            acked = await self._call(self._leader, wait, "wait")
         except StoreUnavailable as exc:
             raise LeaderUnavailable("the leader stopped answering during the write") from exc
         if acked < self.write_replicas:
@@ -288,7 +302,7 @@ class MessageStore:
             )
 
         try:
-            result = await self._call(self._leader, run)
+            result = await self._call(self._leader, run, "import")
         except StoreUnavailable as exc:
             raise LeaderUnavailable("the leader cannot take writes right now") from exc
         if result is None:
@@ -322,14 +336,14 @@ class MessageStore:
             entries, head = cast(tuple[list[Entry], list[Entry]], await pipe.execute())
             return entries, head[0][0] if head else None
 
-        (entries, head), server = await self._read(fetch)
+        (entries, head), server = await self._read(fetch, "page")
         if (
             wanted is not None
             and server is not self._leader
             and (head is None or id_key(head) < id_key(wanted))
         ):
             try:
-                entries, head = await self._call(self._leader, fetch)
+                entries, head = await self._call(self._leader, fetch, "page")
                 server = self._leader
             except StoreUnavailable:
                 pass  # the follower's slightly older page beats no page
@@ -340,7 +354,7 @@ class MessageStore:
 
     async def head(self, count: int) -> tuple[list[Message], str]:
         """The newest `count` messages, oldest first, and the role of the server read."""
-        entries, server = await self._read(lambda c: _xrevrange(c, "+", count))
+        entries, server = await self._read(lambda c: _xrevrange(c, "+", count), "head")
         return [_message(entry) for entry in reversed(entries)], server.role
 
     async def watch(self, after_id: str) -> tuple[list[Message], str]:
@@ -356,7 +370,7 @@ class MessageStore:
                 return await client.xread({STREAM: after_id}, count=500, block=BLOCK_MS)
 
             try:
-                result = await self._call(server, block, extra=BLOCK_MS / 1000)
+                result = await self._call(server, block, "watch", extra=BLOCK_MS / 1000)
             except StoreUnavailable as exc:
                 last = exc
                 continue
@@ -371,7 +385,7 @@ class MessageStore:
         async def fetch(client: Redis) -> list[Entry]:
             return await _xrange(client, f"({after_id}", count)
 
-        entries, _ = await self._read(fetch)
+        entries, _ = await self._read(fetch, "after")
         return [_message(entry) for entry in entries]
 
     async def newest_oldest_first(self, limit: int = LEGACY_LIMIT) -> list[Message]:
@@ -380,11 +394,11 @@ class MessageStore:
         def fetch(client: Redis) -> Awaitable[list[Entry]]:
             return _xrevrange(client, "+", limit)
 
-        entries, _ = await self._read(fetch)
+        entries, _ = await self._read(fetch, "legacy_get")
         wanted = self.last_write_id
         if wanted is not None and (not entries or id_key(entries[0][0]) < id_key(wanted)):
             with contextlib.suppress(StoreUnavailable):
-                entries = await self._call(self._leader, fetch)
+                entries = await self._call(self._leader, fetch, "legacy_get")
         return [_message(entry) for entry in reversed(entries)]
 
     async def iter_all(self, batch: int = 500) -> Iterable[Message]:
@@ -392,20 +406,20 @@ class MessageStore:
         out: list[Message] = []
         low = "-"
         while True:
-            entries, _ = await self._read(partial(_xrange, low=low, count=batch))
+            entries, _ = await self._read(partial(_xrange, low=low, count=batch), "export")
             out.extend(_message(entry) for entry in entries)
             if len(entries) < batch:
                 return out
             low = f"({entries[-1][0]}"
 
     async def count(self) -> int:
-        result, _ = await self._read(lambda c: c.xlen(STREAM))
+        result, _ = await self._read(lambda c: c.xlen(STREAM), "count")
         return int(result)
 
     async def readable(self) -> bool:
         """True when some server answers a read now (for readiness)."""
         try:
-            await self._read(lambda c: c.ping())
+            await self._read(lambda c: c.ping(), "ping")
         except StoreUnavailable:
             return False
         return True
@@ -448,7 +462,7 @@ class MessageStore:
         last_id: str | None
         try:
             count, (head, _) = await asyncio.gather(
-                self.count(), self._read(lambda c: _xrevrange(c, "+", 1))
+                self.count(), self._read(lambda c: _xrevrange(c, "+", 1), "head")
             )
             last_id = head[0][0] if head else None
         except StoreUnavailable:
@@ -457,7 +471,7 @@ class MessageStore:
 
     async def _info(self, server: Server) -> dict[str, Any] | None:
         try:
-            return dict(await self._call(server, lambda c: c.info("replication")))
+            return dict(await self._call(server, lambda c: c.info("replication"), "info"))
         except (StoreUnavailable, RedisError):
             return None
 
