@@ -156,3 +156,22 @@ def test_health_of_a_served_embedded_store(tmp_path: Path) -> None:
         assert httpx.get(f"{frontend.url}/readyz").status_code == 200
     finally:
         frontend.stop()
+
+
+def test_serve_on_a_port_already_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    first = embedded_frontend(tmp_path).start()
+    try:
+        other = tmp_path / "other"
+        env = {**base_env(other), "GUESTBOOK_PORT": str(first.port)}
+        result = subprocess.run(
+            [sys.executable, "-m", "guestbook", "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{first.port}" in result.stderr
+        assert not (other / "data" / ADDRESS_FILE).exists()
+    finally:
+        first.stop()

@@ -141,9 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "serve":
-            from .server import serve
+            from .server import AddressInUse, serve
 
-            serve(settings, os.environ.get("HOSTNAME") or socket.gethostname(), args.drain)
+            try:
+                serve(settings, os.environ.get("HOSTNAME") or socket.gethostname(), args.drain)
+            except AddressInUse as exc:
+                print(f"guestbook: {exc}", file=sys.stderr)
+                return 1
             return 0
         command = COMMANDS[args.command]
         return _with_store(settings, lambda ctx: command(ctx, args))

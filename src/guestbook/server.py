@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -25,7 +26,30 @@ from .settings import Settings, StoreAddress, discover
 log = logging.getLogger("guestbook")
 
 
+class AddressInUse(RuntimeError):
+    """Another process already listens on GUESTBOOK_HOST:GUESTBOOK_PORT."""
+
+
+def check_address_free(host: str, port: int) -> None:
+    """Fail clearly if something listens there already.
+
+    granian binds with SO_REUSEPORT, so a second guestbook on the same port would otherwise
+    start "successfully" and silently share the traffic. SO_REUSEADDR alone still binds over
+    connections lingering in TIME_WAIT, but not over a listener.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise AddressInUse(
+                f"cannot listen on {host}:{port} (GUESTBOOK_HOST/GUESTBOOK_PORT): {exc.strerror}"
+            ) from None
+
+
 def serve(settings: Settings, instance: str, drain: float = 0.0) -> None:
+    check_address_free(settings.host, settings.port)
     log_handler = configure_logging(settings, instance)
     address = discover(settings)
     embedded: EmbeddedServer | None = None
