@@ -63,3 +63,14 @@ def test_legacy_set_of_forbidden_characters_is_422(gb: httpx.Client) -> None:
     response = gb.get("/guestbook.php", params={"cmd": "set", "value": "x\x07y"})
     assert response.status_code == 422
     assert "error" in response.json()
+
+
+@pytest.mark.parametrize(
+    "text", ['she said "hi"', "& # + % \\ / ?", "emoji 🎉 and 日本語", "<b>bold</b>"]
+)
+def test_legacy_set_round_trips_tricky_text(gb: httpx.Client, token: str, text: str) -> None:
+    full = f"{token} {text}"
+    response = gb.get("/guestbook.php", params={"cmd": "set", "key": "messages", "value": full})
+    assert response.json() == {"message": "Updated"}
+    assert gb.get("/guestbook.php", params={"cmd": "get"}).json()["data"].endswith(full)
+    assert gb.get("/api/messages").json()["messages"][0]["text"] == full
