@@ -29,7 +29,7 @@ import logging
 import os
 import random
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -59,8 +59,10 @@ SEND_TIMEOUT = 30.0
 RETRY_MS = 1000
 OVERFLOW_RETRY_MS = 100
 SHUTDOWN_RETRY_MS = (250, 2000)
-# How often the hub looks at the shutdown flag (set by the server on SIGTERM).
+# How often the hub looks at the shutdown flag (set by the server on SIGTERM), and how often
+# it looks for idle clients (due a heartbeat) and stuck ones.
 SHUTDOWN_POLL = 0.1
+SWEEP = 1.0
 # Backlog reads from the store: page size, and how long to wait for a lagging reader.
 BACKLOG_PAGE = 500
 BACKLOG_ATTEMPTS = 50
@@ -81,7 +83,12 @@ def _env_float(name: str, default: float) -> float:
 
 
 class Hub:
-    """The live clients of one app: their queues, shared event encodings, shutdown."""
+    """The live clients of one app: their queues, shared event encodings, and one sweeper that
+    sends heartbeats, drops clients that stopped taking bytes and ends streams on shutdown.
+
+    The sweeper does for all clients what per-client timers would otherwise do on every send
+    and every wait, which keeps the fan-out of one message to a thousand clients cheap.
+    """
 
     def __init__(self, state: AppState) -> None:
         self.state = state
@@ -97,12 +104,13 @@ class Hub:
         self.cut = Counter(
             "guestbook_live_streams_cut",
             "Live streams the server cut short, asking the client to reconnect, by reason "
-            "(overflow: the client fell behind; shutdown; unavailable: no backlog reader)",
+            "(overflow: the client fell behind; shutdown; unavailable: no backlog reader; "
+            "stalled: took no bytes for 30 s and was dropped)",
             ["reason"],
             registry=state.metrics.registry,
         )
         self._encoded: OrderedDict[str, bytes] = OrderedDict()
-        self._watcher: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @classmethod
     def of(cls, state: AppState) -> Hub:
@@ -114,23 +122,38 @@ class Hub:
     def add(self, client: Client) -> None:
         self.clients.add(client)
         self.state.metrics.live_clients.set(len(self.clients))
-        if self._watcher is None or self._watcher.done():
-            self._watcher = asyncio.create_task(self._watch_shutdown(), name="guestbook-live")
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep(), name="guestbook-live")
 
     def remove(self, client: Client) -> None:
         self.clients.discard(client)
         self.state.metrics.live_clients.set(len(self.clients))
 
-    async def _watch_shutdown(self) -> None:
+    async def _sweep(self) -> None:
         # The server flips a plain flag on SIGTERM and then waits for open responses to end,
-        # so the streams have to notice it themselves; one poller serves them all.
+        # so the streams have to notice it themselves.
+        loop = asyncio.get_running_loop()
+        every = min(SWEEP, self.heartbeat / 2)
+        next_sweep = loop.time() + every
         while not self.state.shutting_down:
             if not self.clients:
                 return
             await asyncio.sleep(SHUTDOWN_POLL)
+            now = loop.time()
+            if now < next_sweep:
+                continue
+            next_sweep = now + every
+            for client in list(self.clients):
+                if client.busy_since:
+                    if now - client.busy_since > SEND_TIMEOUT and client.task is not None:
+                        self.cut.labels("stalled").inc()
+                        client.task.cancel()
+                elif now - client.sent_at >= self.heartbeat:
+                    client.beat = True
+                    client.wake()
         self.closing = True
         for client in list(self.clients):
-            client.wake.set()
+            client.wake()
 
     def encode(self, message: Message) -> bytes:
         """`id:`, `event:` and `data:` lines of one message, built once for all clients."""
@@ -147,14 +170,29 @@ class Hub:
 class Client:
     """One connected stream: messages the feed handed over and the writer has not sent yet."""
 
-    __slots__ = ("hub", "limit", "overflowed", "pending", "wake")
+    __slots__ = (
+        "beat",
+        "busy_since",
+        "hub",
+        "limit",
+        "overflowed",
+        "pending",
+        "sent_at",
+        "task",
+        "waiter",
+    )
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.limit = hub.queue_limit
         self.pending: deque[Message] = deque()
         self.overflowed = False
-        self.wake = asyncio.Event()
+        # A bare future rather than an asyncio.Event: this is the fan-out's inner loop.
+        self.waiter: asyncio.Future[None] | None = None
+        self.beat = False
+        self.busy_since = 0.0
+        self.sent_at = 0.0
+        self.task: asyncio.Task[None] | None = None
 
     def push(self, batch: list[Message]) -> None:
         """The feed's callback: queue, or give up on this client when it is too far behind."""
@@ -166,16 +204,24 @@ class Client:
             self.hub.cut.labels("overflow").inc()
         else:
             self.pending.extend(batch)
-        self.wake.set()
+        self.wake()
 
-    def take(self) -> list[Message]:
-        items = list(self.pending)
-        self.pending.clear()
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    def take(self) -> deque[Message]:
+        items = self.pending
+        self.pending = deque()
         return items
-
-
-class _Closed(Exception):
-    """The client is gone or not taking bytes: stop writing to it."""
 
 
 class EventStream(Response):
@@ -200,7 +246,7 @@ class EventStream(Response):
         hub = self.hub
         client = Client(hub)
         hub.add(client)
-        writer = asyncio.create_task(self._write(hub, client, send))
+        writer = client.task = asyncio.create_task(self._write(hub, client, send))
         gone = asyncio.create_task(_until_disconnect(receive))
         try:
             await asyncio.wait({writer, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -215,12 +261,14 @@ class EventStream(Response):
             log.warning("a live stream ended with an error: %r", writer.exception())
 
     async def _write(self, hub: Hub, client: Client, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+
         async def put(chunk: bytes) -> None:
-            try:
-                async with asyncio.timeout(SEND_TIMEOUT):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (TimeoutError, OSError) as exc:
-                raise _Closed from exc
+            # The sweeper cancels this task when one send stays stuck too long.
+            client.busy_since = loop.time()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            client.busy_since = 0.0
+            client.sent_at = loop.time()
 
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         unsubscribe = None
@@ -229,10 +277,10 @@ class EventStream(Response):
             # Until the feed has read the head once there is nothing to line the backlog up
             # with; the client waits (with heartbeats) rather than missing anything.
             while hub.state.feed.head_id is None and not hub.closing:
-                client.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(hub.heartbeat, 0.1)):
-                        await client.wake.wait()
+                await asyncio.sleep(0.05)
+                if client.beat:
+                    client.beat = False
+                    await put(b": heartbeat\n\n")
             if hub.closing:
                 await self._finish(hub, put, send, "shutdown")
                 return
@@ -252,8 +300,8 @@ class EventStream(Response):
                     await self._finish(hub, put, send, "unavailable")
                     return
             await self._follow(hub, client, put, send, cursor)
-        except _Closed:
-            return
+        except OSError:
+            return  # the connection is gone
         finally:
             if unsubscribe is not None:
                 unsubscribe()
@@ -267,19 +315,23 @@ class EventStream(Response):
             if hub.closing:
                 await self._finish(hub, put, send, "shutdown")
                 return
-            batch = client.take()
+            batch: Sequence[Message] = client.take()
             if batch:
-                fresh = [m for m in batch if id_key(m.id) > last]
-                if fresh:
-                    await put(b"".join(hub.encode(m) for m in fresh))
-                    last = id_key(fresh[-1].id)
+                # Batches come in id order: usually all of one is new, so one comparison does.
+                if id_key(batch[0].id) <= last:
+                    batch = [m for m in batch if id_key(m.id) > last]
+                if batch:
+                    if len(batch) == 1:
+                        await put(hub.encode(batch[0]))
+                    else:
+                        await put(b"".join([hub.encode(m) for m in batch]))
+                    last = id_key(batch[-1].id)
                 continue
-            client.wake.clear()
-            try:
-                async with asyncio.timeout(hub.heartbeat):
-                    await client.wake.wait()
-            except TimeoutError:
+            if client.beat:
+                client.beat = False
                 await put(b": heartbeat\n\n")
+                continue
+            await client.wait()
 
     async def _finish(self, hub: Hub, put: Put, send: Send, reason: str) -> None:
         """Tell the client to come back (from its last id) and end the response."""
@@ -293,9 +345,7 @@ class EventStream(Response):
             hub.cut.labels(reason).inc()
         data = json.dumps({"reason": reason, "retry": retry})
         await put(f"retry: {retry}\nevent: reconnect\ndata: {data}\n\n".encode())
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(SEND_TIMEOUT):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _until_disconnect(receive: Receive) -> None:

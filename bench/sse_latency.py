@@ -1,0 +1,286 @@
+"""Live-feed benchmark: many SSE clients on one frontend, post-to-delivery latency and memory.
+
+Starts, on loopback only: a Valkey server (the binary the project ships with) and one
+`guestbook serve` on it. Opens --clients Server-Sent Events streams (`/api/messages/stream`)
+from this process (asyncio, plain sockets), then posts --messages messages through the JSON API,
+one every --interval seconds. For every message and every client it records the time from
+sending the POST to that client reading the event, and reports p50, p99 and the maximum, plus
+the frontend's resident memory (RSS) idle and with all clients connected. Where the machine has
+two cores the frontend runs on one and this process on the other.
+
+    uv run python bench/sse_latency.py                       # 1,000 clients, 100 messages
+    uv run python bench/sse_latency.py --clients 2000 --messages 200
+
+Bounded in time: the whole run gives up after --deadline seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+from guestbook.embedded import server_binary  # noqa: E402
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if predicate():
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"gave up waiting for {what}")
+
+
+class Client:
+    """One stream; remembers when each message id arrived."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self, port: int, after: str) -> None:
+        self.reader, self.writer = await asyncio.open_connection(HOST, port)
+        self.writer.write(
+            f"GET /api/messages/stream?after={after} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        await self.writer.drain()
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.decode(errors="replace"))
+
+    async def run(self) -> None:
+        assert self.reader is not None
+        pending = b""
+        while True:
+            data = await self.reader.read(65536)
+            if not data:
+                return
+            now = time.perf_counter()
+            pending += data
+            # Chunk-size lines never start with "id: ", so the chunked framing can stay.
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.startswith(b"id: "):
+                    self.arrived[line[4:].strip().decode()] = now
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def drive(args: argparse.Namespace, port: int, server_pid: int) -> dict[str, object]:
+    base = f"http://{HOST}:{port}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        head = (await http.get("/api/messages?limit=1")).json()["messages"]
+        after = head[0]["id"] if head else "0-0"
+        idle_rss = rss_mb(server_pid)
+
+        clients = [Client() for _ in range(args.clients)]
+        opening = time.perf_counter()
+        for start in range(0, len(clients), 100):
+            await asyncio.gather(*(c.open(port, after) for c in clients[start : start + 100]))
+        opened_in = time.perf_counter() - opening
+        readers = [asyncio.create_task(c.run()) for c in clients]
+        while (await http.get("/api/status")).json()["live_clients"] < args.clients:
+            await asyncio.sleep(0.1)
+        connected_rss = rss_mb(server_pid)
+
+        sent: dict[str, float] = {}
+        acked: dict[str, float] = {}
+        for i in range(args.messages):
+            started = time.perf_counter()
+            response = await http.post("/api/messages", json={"text": f"bench message {i}"})
+            done = time.perf_counter()
+            response.raise_for_status()
+            message_id = response.json()["id"]
+            sent[message_id], acked[message_id] = started, done
+            await asyncio.sleep(args.interval)
+
+        settle = time.monotonic() + 10
+        while time.monotonic() < settle and any(len(c.arrived) < len(sent) for c in clients):
+            await asyncio.sleep(0.1)
+        peak_rss = rss_mb(server_pid)
+        for task in readers:
+            task.cancel()
+        for c in clients:
+            c.close()
+
+    from_send = []
+    from_ack = []
+    missing = 0
+    for c in clients:
+        for message_id, start in sent.items():
+            got = c.arrived.get(message_id)
+            if got is None:
+                missing += 1
+                continue
+            from_send.append((got - start) * 1000)
+            from_ack.append((got - acked[message_id]) * 1000)
+
+    def pct(values: list[float], q: float) -> float:
+        return statistics.quantiles(values, n=1000)[int(q * 1000) - 1] if values else float("nan")
+
+    return {
+        "clients": args.clients,
+        "messages": args.messages,
+        "deliveries": len(from_send),
+        "missing": missing,
+        "open_seconds": round(opened_in, 2),
+        "latency_ms_from_post": {
+            "p50": round(pct(from_send, 0.5), 1),
+            "p99": round(pct(from_send, 0.99), 1),
+            "max": round(max(from_send, default=float("nan")), 1),
+        },
+        "latency_ms_from_ack": {
+            "p50": round(pct(from_ack, 0.5), 1),
+            "p99": round(pct(from_ack, 0.99), 1),
+        },
+        "rss_mb": {
+            "idle": round(idle_rss, 1),
+            "clients_connected": round(connected_rss, 1),
+            "after_messages": round(peak_rss, 1),
+        },
+    }
+
+
+def _loop_factory() -> Any:
+    # The clients' side should cost as little as it can: the figures are the frontend's.
+    try:
+        import uvloop
+    except ModuleNotFoundError:
+        return None
+    return uvloop.new_event_loop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=0.05, help="seconds between posts")
+    parser.add_argument("--deadline", type=float, default=180)
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = parser.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = args.clients * 2 + 256
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    cores = sorted(os.sched_getaffinity(0))
+    server_cores = {cores[0]}
+    client_cores = {cores[1]} if len(cores) > 1 else {cores[0]}
+
+    with tempfile.TemporaryDirectory(prefix="gb-sse-bench-") as tmp:
+        store_port, web_port = free_port(), free_port()
+        store = subprocess.Popen(
+            [
+                str(server_binary()),
+                "--port",
+                str(store_port),
+                "--bind",
+                HOST,
+                "--dir",
+                tmp,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                "100",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("GUESTBOOK_")},
+            "GUESTBOOK_HOST": HOST,
+            "GUESTBOOK_PORT": str(web_port),
+            "GUESTBOOK_REDIS_LEADER_URL": f"redis://{HOST}:{store_port}/0",
+            "GUESTBOOK_RATE_LIMIT": "0",
+            "GUESTBOOK_LOG_LEVEL": "warning",
+            "GUESTBOOK_DATA_DIR": str(Path(tmp) / "data"),
+        }
+        web = subprocess.Popen(
+            [sys.executable, "-m", "guestbook", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            os.sched_setaffinity(web.pid, server_cores)
+            os.sched_setaffinity(0, client_cores)
+            wait_for(
+                lambda: httpx.get(f"http://{HOST}:{web_port}/readyz").status_code == 200,
+                30,
+                "the frontend to be ready",
+            )
+            result = asyncio.run(asyncio.wait_for(drive(args, web_port, web.pid), args.deadline))
+        finally:
+            web.send_signal(signal.SIGTERM)
+            try:
+                web.wait(15)
+            except subprocess.TimeoutExpired:
+                web.kill()
+            store.terminate()
+            store.wait(10)
+
+    if args.json:
+        print(json.dumps(result))
+        return
+    send = result["latency_ms_from_post"]
+    ack = result["latency_ms_from_ack"]
+    rss = result["rss_mb"]
+    assert isinstance(send, dict)
+    assert isinstance(ack, dict)
+    assert isinstance(rss, dict)
+    print(
+        f"{result['clients']} SSE clients, {result['messages']} messages, "
+        f"{result['deliveries']} deliveries, {result['missing']} missing"
+    )
+    print(
+        f"post-to-delivery latency: p50 {send['p50']} ms, p99 {send['p99']} ms, "
+        f"max {send['max']} ms (from the 201: p50 {ack['p50']} ms, p99 {ack['p99']} ms)"
+    )
+    print(
+        f"frontend RSS: idle {rss['idle']} MB, {result['clients']} clients connected "
+        f"{rss['clients_connected']} MB, after the messages {rss['after_messages']} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()
