@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from . import __version__, api, docs, legacy, live, ops, pages
 from .errors import (
@@ -38,7 +39,23 @@ log = logging.getLogger("guestbook")
 LEGACY_PATHS = ("/guestbook.php", "/guestbook")
 
 
-def create_app(settings: Settings, address: StoreAddress, instance: str | None = None) -> FastAPI:
+class GuestbookApp:
+    """The ASGI app served: per-request bookkeeping and the read fast path wrapped around the
+    FastAPI app. They sit outside FastAPI's own middleware stack so that the most frequent
+    request pays for neither; everything they do not answer goes through FastAPI."""
+
+    def __init__(self, api: FastAPI, metrics: Metrics) -> None:
+        self.api = api
+        self.state = api.state
+        self._app = RequestMiddleware(ReadFastPath(api), metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
+def create_app(
+    settings: Settings, address: StoreAddress, instance: str | None = None
+) -> GuestbookApp:
     if address.leader_url is None:
         raise ValueError("create_app needs a leader URL; start the embedded store first")
     leader_url = address.leader_url
@@ -87,6 +104,9 @@ def create_app(settings: Settings, address: StoreAddress, instance: str | None =
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        # Our own Prometheus metrics and logs are the observability; FastAPI's OpenTelemetry
+        # hooks would add a check to every request for providers nobody configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.include_router(pages.router)
     app.include_router(live.router)
@@ -99,9 +119,7 @@ def create_app(settings: Settings, address: StoreAddress, instance: str | None =
     if assets is not None:
         app.mount("/docs-assets", StaticFiles(directory=assets), "docs-assets")
     _install_error_handlers(app)
-    app.add_middleware(ReadFastPath)
-    app.add_middleware(RequestMiddleware, metrics=metrics)
-    return app
+    return GuestbookApp(app, metrics)
 
 
 def _error(
