@@ -36,7 +36,9 @@ CONTAINERS_CONF = ROOT / "scripts" / "ci" / "containers.conf"
 
 pytestmark = [
     pytest.mark.containers,
-    # One topology per worker; with `--dist loadgroup` all of these share one worker.
+    # With `--dist loadgroup` all of these run on one worker, so the session-scoped
+    # topologies below are built once (session scope: other modules' tests interleaved on
+    # that worker do not tear them down).
     pytest.mark.xdist_group("containers"),
     pytest.mark.timeout(600),
 ]
@@ -215,8 +217,8 @@ class Topology:
             print(f"--- logs of {name}\n{podman('logs', name, check=False).stderr}")
 
     def remove(self) -> None:
-        for name in reversed(self.containers):
-            podman("rm", "--force", "--time", "2", name, check=False)
+        if self.containers:
+            podman("rm", "--force", "--time", "2", *self.containers, check=False)
         podman("network", "rm", "--force", self.network, check=False)
         podman("volume", "rm", "--force", self.leader_volume, check=False)
 
@@ -245,7 +247,7 @@ def new_topology(image: str, **kwargs: Any) -> Topology:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def image() -> Iterator[str]:
     require_podman_and_base_images()
     tag = f"localhost/guestbook-test:{uuid.uuid4().hex[:8]}"
@@ -264,7 +266,7 @@ def build(tag: str) -> float:
     return time.monotonic() - started
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def topology(image: str) -> Iterator[Topology]:
     """The base manifests' topology in containers; the image is built while it starts."""
     top = new_topology(image)
@@ -450,7 +452,7 @@ def rendered_production_deployments() -> dict[str, dict[str, Any]]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def production(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     """overlays/production's Deployments in containers, the Secret as a mounted directory."""
     deployments = rendered_production_deployments()
@@ -519,7 +521,7 @@ def free_loopback_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def compose(
     topology: Topology, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str]]:
@@ -552,7 +554,7 @@ def compose(
         wait_for("/readyz", lambda: httpx.get(f"{base_url}/readyz").status_code == 200)
         yield project, base_url
     finally:
-        run("down", "--volumes")
+        run("down", "--volumes", "--timeout", "2")
 
 
 def compose_container(project: str, service: str) -> str:
