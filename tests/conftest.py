@@ -153,9 +153,9 @@ class Frontend:
             text=True,
         )
         log.close()
-        wait_until(lambda: self._answers(), timeout=20)
+        wait_until(lambda: self._answers(), timeout=60)
         if wait_ready:
-            wait_until(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, timeout=10)
+            wait_until(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, timeout=30)
         return self
 
     def _answers(self) -> bool:
@@ -167,7 +167,7 @@ class Frontend:
     def logs(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
         self.process.send_signal(sig)
