@@ -281,3 +281,17 @@ def test_shared_frontend_logs_json_lines(shared_frontend: Frontend, gb: httpx.Cl
     assert {"time", "level", "event", "method", "path", "status", "duration_ms", "instance"} <= set(
         access[-1]
     )
+
+
+def test_fast_path_and_framework_answer_byte_for_byte_alike(gb: httpx.Client, token: str) -> None:
+    for i in range(8):
+        post(gb, f"{token} same {i}")
+    # An unknown parameter sends a request through the framework instead of the fast path.
+    for query in ("limit=5", "", "limit=200"):
+        fast = gb.get(f"/api/messages?{query}")
+        slow = gb.get(f"/api/messages?{query}&via=framework")
+        assert fast.content == slow.content
+        assert fast.headers["content-type"] == slow.headers["content-type"]
+    middle = gb.get("/api/messages?limit=4").json()["next"]
+    fast = gb.get(f"/api/messages?limit=3&before={middle}")
+    assert fast.content == gb.get(f"/api/messages?limit=3&before={middle}&via=x").content

@@ -70,14 +70,15 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Problem, "content": {"application/problem+json": {}}} for code in codes}
 
 
-def encode_page(messages: list[Message], limit: int) -> bytes:
-    more = len(messages) > limit
-    shown = messages[:limit]
-    body = {
-        "messages": [m.as_dict() for m in shown],
-        "next": shown[-1].id if more and shown else None,
-    }
+def encode_messages(messages: list[Message], next_id: str | None) -> bytes:
+    body = {"messages": [m.as_dict() for m in messages], "next": next_id}
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def encode_page(messages: list[Message], limit: int) -> bytes:
+    """A first page from one more message than shown (the extra one tells if `next` exists)."""
+    shown = messages[:limit]
+    return encode_messages(shown, shown[-1].id if len(messages) > limit and shown else None)
 
 
 @router.get(
@@ -109,8 +110,7 @@ async def list_messages(
         state.metrics.page_cache_miss.inc()
     page = await state.store.page(limit, before, must_include)
     state.read_from = page.source
-    body = {"messages": [m.as_dict() for m in page.messages], "next": page.next}
-    return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), media_type=JSON)
+    return Response(encode_messages(page.messages, page.next), media_type=JSON)
 
 
 @router.post(

@@ -22,14 +22,14 @@ from . import __version__, api, docs, legacy, live, ops, pages
 from .errors import (
     InvalidCursor,
     InvalidMessage,
-    LeaderUnavailable,
     ReplicationTimeout,
+    StoreError,
     StoreUnavailable,
 )
 from .fastpath import ReadFastPath
 from .feed import Feed
 from .observability import Metrics, RequestMiddleware
-from .problems import HTTPProblem, legacy_error, problem_response
+from .problems import HTTPProblem, legacy_error, problem_response, store_problem
 from .ratelimit import RateLimiter
 from .settings import Settings, StoreAddress
 from .state import AppState
@@ -142,14 +142,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(request, 400, str(exc))
 
     async def on_unavailable(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, LeaderUnavailable):
-            detail = "The guestbook is read-only right now: the leader is unavailable."
-        elif isinstance(exc, ReplicationTimeout):
-            detail = str(exc)
-        else:
-            detail = "The message store is unavailable."
+        assert isinstance(exc, StoreError)
         log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return _error(request, 503, detail, {"Retry-After": "2"})
+        return _error(request, *store_problem(exc))
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

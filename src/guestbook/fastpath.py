@@ -1,26 +1,33 @@
-"""The read fast path: first-page reads answered from the live head without the framework.
+"""The read fast path: reads answered without the framework.
 
-`GET /api/messages` without `before` and `GET /` are most of a guestbook's traffic. When the
-feed's in-memory head can answer them (see `feed.py`), this layer sends the pre-encoded body
-straight away; everything else — other paths, `before`, any parameter it does not recognise
-or cannot parse, a head that cannot answer — falls through to the FastAPI app unchanged, which
+`GET /api/messages` and `GET /` are most of a guestbook's traffic. A first page that the
+feed's in-memory head can answer (see `feed.py`) is sent pre-encoded straight away; an API page
+with a well-formed `before` is one store round trip. Everything else — other paths, any
+parameter it does not recognise or cannot parse — falls through to the FastAPI app, which
 stays the one definition of the behaviour (and of the OpenAPI document). Both build their
 bodies with the same functions, so an answer is the same byte for byte whichever path gives it.
 """
 
 from __future__ import annotations
 
+import logging
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .api import encode_page
+from .api import encode_messages, encode_page
+from .errors import StoreError
 from .pages import PAGE_SIZE, render_page
+from .problems import problem_body, store_problem
 from .state import WROTE_COOKIE, AppState, valid_id
+from .store import MAX_PAGE
+
+log = logging.getLogger("guestbook")
 
 _JSON = b"application/json"
 _HTML = b"text/html; charset=utf-8"
+_PROBLEM = b"application/problem+json"
 
 
 class FastRoute:
@@ -43,39 +50,70 @@ class ReadFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             path = scope["path"]
-            if path == "/api/messages" or path == "/":
-                body = self._answer(scope, path)
-                if body is not None:
+            state: AppState | None = scope.get("state", {}).get("app")
+            if state is not None and (path == "/api/messages" or path == "/"):
+                answer = await self._answer(state, scope, path)
+                if answer is not None:
                     scope["route"] = API_ROUTE if path != "/" else PAGE_ROUTE
-                    await _send(send, body, _JSON if path != "/" else _HTML)
+                    await _send(send, *answer)
                     return
         await self.app(scope, receive, send)
 
-    def _answer(self, scope: Scope, path: str) -> bytes | None:
-        state: AppState | None = scope.get("state", {}).get("app")
-        if state is None:
-            return None
-        limit = 50 if path != "/" else PAGE_SIZE
-        query: bytes = scope["query_string"]
-        if query:
-            if path == "/":
-                return None
-            params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-            if len(params) != 1 or params[0][0] != "limit" or not params[0][1].isdigit():
-                return None
-            limit = int(params[0][1])
-            if not 1 <= limit <= 200:
-                return None
-        cached = state.feed.first_page(limit, _wrote(scope))
-        if cached is None:
-            return None
-        state.metrics.page_cache_hit.inc()
+    async def _answer(
+        self, state: AppState, scope: Scope, path: str
+    ) -> tuple[int, bytes, bytes, dict[str, str]] | None:
         if path == "/":
+            if scope["query_string"]:
+                return None
+            newest = state.feed.first_page(PAGE_SIZE, _wrote(scope))
+            if newest is None:
+                return None
+            state.metrics.page_cache_hit.inc()
             source = state.feed.source
-            return state.feed.encoded(
-                ("page", source), lambda: render_page(state, cached, source).encode()
+            html = state.feed.encoded(
+                ("page", source), lambda: render_page(state, newest, source).encode()
             )
-        return state.feed.encoded(("api", limit), lambda: encode_page(cached, limit))
+            return 200, html, _HTML, {}
+        query = _query(scope["query_string"])
+        if query is None:
+            return None
+        limit, before = query
+        must_include = _wrote(scope)
+        if before is None:
+            cached = state.feed.first_page(limit, must_include)
+            if cached is not None:
+                state.metrics.page_cache_hit.inc()
+                body = state.feed.encoded(("api", limit), lambda: encode_page(cached, limit))
+                return 200, body, _JSON, {}
+            state.metrics.page_cache_miss.inc()
+        try:
+            page = await state.store.page(limit, before, must_include)
+        except StoreError as exc:
+            log.warning("store unavailable on GET /api/messages: %s", exc)
+            status, detail, headers = store_problem(exc)
+            return status, problem_body(status, detail), _PROBLEM, headers
+        state.read_from = page.source
+        return 200, encode_messages(page.messages, page.next), _JSON, {}
+
+
+def _query(raw: bytes) -> tuple[int, str | None] | None:
+    """`limit` and `before` when both are well-formed (or absent); None leaves it to the app,
+    which explains what is wrong with them."""
+    limit, before = 50, None
+    if not raw:
+        return limit, before
+    seen: set[str] = set()
+    for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+        if name in seen:
+            return None
+        seen.add(name)
+        if name == "limit" and value.isdigit() and 1 <= int(value) <= MAX_PAGE:
+            limit = int(value)
+        elif name == "before" and valid_id(value):
+            before = value
+        else:
+            return None
+    return limit, before
 
 
 def _wrote(scope: Scope) -> str | None:
@@ -87,15 +125,10 @@ def _wrote(scope: Scope) -> str | None:
     return None
 
 
-async def _send(send: Send, body: bytes, content_type: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+async def _send(
+    send: Send, status: int, body: bytes, content_type: bytes, extra: dict[str, str]
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

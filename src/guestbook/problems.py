@@ -8,7 +8,20 @@ from http import HTTPStatus
 
 from starlette.responses import Response
 
+from .errors import LeaderUnavailable, ReplicationTimeout, StoreError
+
 PROBLEM_TYPE = "about:blank"
+
+
+def store_problem(exc: StoreError) -> tuple[int, str, dict[str, str]]:
+    """Status, detail and headers for a store failure, the same wherever it is answered."""
+    if isinstance(exc, LeaderUnavailable):
+        detail = "The guestbook is read-only right now: the leader is unavailable."
+    elif isinstance(exc, ReplicationTimeout):
+        detail = str(exc)
+    else:
+        detail = "The message store is unavailable."
+    return 503, detail, {"Retry-After": "2"}
 
 
 class HTTPProblem(Exception):
@@ -21,15 +34,19 @@ class HTTPProblem(Exception):
         self.headers = headers or {}
 
 
-def problem_response(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+def problem_body(status: int, detail: str) -> bytes:
     body = {
         "type": PROBLEM_TYPE,
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
     }
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def problem_response(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        json.dumps(body, ensure_ascii=False),
+        problem_body(status, detail),
         status_code=status,
         media_type="application/problem+json",
         headers=headers,

@@ -265,13 +265,15 @@ class MessageStore:
         return Message(entry_id, text, iso_from_ms(id_key(entry_id)[0]))
 
     async def _wait_replicas(self) -> None:
+        # WAIT blocks on the server for up to wait_ms by design: the call gets that long on
+        # top of the usual timeout, on the pool whose sockets allow blocking commands.
         wait_ms = max(1, int(self.timeout * 1000 * 0.8))
 
         async def wait(client: Redis) -> int:
             return int(await client.wait(self.write_replicas, wait_ms))
 
         try:
-            acked = await self._call(self._leader, wait, "wait")
+            acked = await self._call(self._leader, wait, "wait", extra=wait_ms / 1000)
         except StoreUnavailable as exc:
             raise LeaderUnavailable("the leader stopped answering during the write") from exc
         if acked < self.write_replicas:
