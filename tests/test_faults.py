@@ -174,6 +174,13 @@ def test_write_replicas_waits_for_followers(cluster: Cluster, make_frontend: obj
             assert response.status_code == 503
             assert time.monotonic() - start < CONTRACT_DEADLINE
             assert "1 of 2" in response.json()["detail"]
+            # Concurrent writers too: WAIT must run on each write's own connection, where
+            # it counts that write, not on some other pooled connection that wrote nothing.
+            with ThreadPoolExecutor(10) as pool:
+                statuses = list(
+                    pool.map(lambda i: post(gb, f"concurrent {i}").status_code, range(10))
+                )
+            assert statuses == [503] * 10
         finally:
             cluster.followers[1].resume()
 

@@ -251,36 +251,46 @@ class MessageStore:
 
     async def append(self, text: str) -> Message:
         """Append a message on the leader; with write_replicas, wait until followers have it."""
-
-        async def add(client: Redis) -> str:
-            return str(await client.xadd(STREAM, {"t": text}))
-
-        try:
-            entry_id = await self._call(self._leader, add, "append")
-        except StoreUnavailable as exc:
-            raise LeaderUnavailable("the leader cannot take writes right now") from exc
-        self._note_write(entry_id)
         if self.write_replicas:
-            await self._wait_replicas()
-        return Message(entry_id, text, iso_from_ms(id_key(entry_id)[0]))
+            entry_id, acked = await self._append_and_wait(text)
+        else:
 
-    async def _wait_replicas(self) -> None:
-        # WAIT blocks on the server for up to wait_ms by design: the call gets that long on
-        # top of the usual timeout, on the pool whose sockets allow blocking commands.
-        wait_ms = max(1, int(self.timeout * 1000 * 0.8))
+            async def add(client: Redis) -> str:
+                return str(await client.xadd(STREAM, {"t": text}))
 
-        async def wait(client: Redis) -> int:
-            return int(await client.wait(self.write_replicas, wait_ms))
-
-        try:
-            acked = await self._call(self._leader, wait, "wait", extra=wait_ms / 1000)
-        except StoreUnavailable as exc:
-            raise LeaderUnavailable("the leader stopped answering during the write") from exc
+            try:
+                entry_id = await self._call(self._leader, add, "append")
+            except StoreUnavailable as exc:
+                raise LeaderUnavailable("the leader cannot take writes right now") from exc
+            acked = 0
+        self._note_write(entry_id)
         if acked < self.write_replicas:
             raise ReplicationTimeout(
                 f"the message was written, but only {acked} of {self.write_replicas} "
                 "followers confirmed it in time"
             )
+        return Message(entry_id, text, iso_from_ms(id_key(entry_id)[0]))
+
+    async def _append_and_wait(self, text: str) -> tuple[str, int]:
+        """XADD then WAIT on one connection: WAIT counts the followers that have every write
+        of *its own connection*, so on another pooled connection it would count nothing.
+
+        WAIT blocks on the server for up to wait_ms by design, so the call gets that long on
+        top of the usual timeout, on the pool whose sockets allow blocking commands.
+        """
+        wait_ms = max(1, int(self.timeout * 1000 * 0.8))
+
+        async def add_and_wait(client: Redis) -> tuple[str, int]:
+            pipe = client.pipeline(transaction=False)
+            pipe.xadd(STREAM, {"t": text})
+            pipe.wait(self.write_replicas, wait_ms)
+            entry_id, acked = await pipe.execute()
+            return str(entry_id), int(acked)
+
+        try:
+            return await self._call(self._leader, add_and_wait, "append", extra=wait_ms / 1000)
+        except StoreUnavailable as exc:
+            raise LeaderUnavailable("the leader cannot take writes right now") from exc
 
     def _note_write(self, entry_id: str) -> None:
         if self.last_write_id is None or id_key(entry_id) > id_key(self.last_write_id):
