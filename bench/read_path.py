@@ -6,7 +6,7 @@ follower. wrk drives each for the same duration and connection count; the server
 to one core and wrk to the other where the machine has two. Every figure is reported as a
 ratio to the baseline measured in this run, so machines of different speeds compare.
 
-Scenarios, each at a small and a large guestbook (10 and --big messages):
+Scenarios, each at a small and a large guestbook (100 and --big messages):
   first page (API)   GET /api/messages?limit=20  (~1.3 KB of JSON)
   first page (HTML)  GET /
   deep page (API)    GET /api/messages?limit=20&before=<an id in the middle>  (store round trip)
@@ -178,7 +178,7 @@ def main() -> int:
         follower, follower_port = start_valkey(tmp / "follower", replica_of=leader_port)
         processes += [leader, follower]
         rows = []
-        for label, count in (("small", 10), ("large", args.big)):
+        for label, count in (("small", 100), ("large", args.big)):
             started = time.monotonic()
             marks = seed(leader_port, count, start_ms=1_700_000_000_000)
             wait_synced(follower_port, leader_port)

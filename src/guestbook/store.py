@@ -332,16 +332,20 @@ class MessageStore:
         `must_include` is an id the reader wrote: when a follower's newest entry is older,
         the page comes from the leader instead, so a poster always sees their own message.
         """
-        if before is not None:
-            parse_id(before)
         limit = max(1, min(MAX_PAGE, limit))
         wanted = _newest(must_include, self.last_write_id)
+        if before is not None and wanted is not None and id_key(wanted) >= parse_id(before):
+            wanted = None  # the write is newer than this page: it is not one of its messages
+        elif before is not None:
+            parse_id(before)
         high = f"({before}" if before else "+"
 
         async def fetch(client: Redis) -> tuple[list[Entry], str | None]:
-            if before is None:
+            if before is None or wanted is None:
                 entries = await _xrevrange(client, high, limit + 1)
-                return entries, entries[0][0] if entries else None
+                return entries, entries[0][0] if entries and before is None else None
+            # An older page says nothing of how far the server has got: ask for its newest id
+            # in the same round trip, to tell whether it holds the write we must show.
             pipe = client.pipeline(transaction=False)
             pipe.xrevrange(STREAM, high, "-", count=limit + 1)
             pipe.xrevrange(STREAM, "+", "-", count=1)
