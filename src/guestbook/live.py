@@ -31,6 +31,7 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Header, Query, Request
 from prometheus_client import Counter
@@ -38,7 +39,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .errors import StoreUnavailable
+from .errors import InvalidCursor, StoreUnavailable
 from .messages import Message, id_key, parse_id
 from .state import AppState
 
@@ -430,6 +431,11 @@ async def stream(
     """New messages as they are posted, on any frontend. Without `after` or `Last-Event-ID`
     the stream starts with the next new message."""
     state: AppState = request.state.app
+    return EventStream(Hub.of(state), _resume(after, last_event_id))
+
+
+def _resume(after: str | None, last_event_id: str | None) -> str | None:
+    """The id to resume after, or `InvalidCursor` (400) naming what is malformed."""
     resume: str | None = None
     if last_event_id is not None and last_event_id.strip():
         resume = last_event_id.strip()
@@ -439,4 +445,43 @@ async def stream(
         # A browser that reconnects sends both the original `?after=` and a newer
         # Last-Event-ID; the newest id is what it has seen.
         resume = max(_ids(resume, after), key=id_key)
-    return EventStream(Hub.of(state), resume)
+    return resume
+
+
+class _Route:
+    """Names the route in the scope, so metrics and logs read as they do through the app."""
+
+    path = "/api/messages/stream"
+
+
+async def serve_raw(scope: Scope, receive: Receive, send: Send) -> bool:
+    """Answer a well-formed stream request without the framework's per-request layers.
+
+    For an ASGI layer in front of FastAPI: a live client holds its request for minutes, and the
+    framework's wrappers cost memory for that whole time and CPU on every event sent. Returns
+    False, having sent nothing, when the request is not one to answer here (other methods,
+    unknown or malformed parameters), so that the app answers it, errors included.
+    """
+    if scope["type"] != "http" or scope["method"] != "GET":
+        return False
+    state = scope.get("state", {}).get("app")
+    if not isinstance(state, AppState):
+        return False
+    after: str | None = None
+    query: bytes = scope["query_string"]
+    if query:
+        params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        if len(params) != 1 or params[0][0] != "after":
+            return False
+        after = params[0][1]
+    last_event_id = None
+    for name, value in scope["headers"]:
+        if name == b"last-event-id":
+            last_event_id = value.decode("latin-1")
+    try:
+        resume = _resume(after, last_event_id)
+    except InvalidCursor:
+        return False
+    scope["route"] = _Route()
+    await EventStream(Hub.of(state), resume)(scope, receive, send)
+    return True
