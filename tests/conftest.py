@@ -153,9 +153,13 @@ class Frontend:
             text=True,
         )
         log.close()
-        wait_until(lambda: self._answers(), timeout=60)
-        if wait_ready:
-            wait_until(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, timeout=30)
+        try:
+            wait_until(lambda: self._answers(), timeout=60)
+            if wait_ready:
+                wait_until(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, timeout=30)
+        except BaseException:
+            self.stop(signal.SIGKILL)  # never leave a half-started server behind
+            raise
         return self
 
     def _answers(self) -> bool:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,8 +30,23 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+_started: list[Frontend] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_embedded_frontends() -> Iterator[None]:
+    """Whatever a test asserted, no `guestbook serve` (nor its store) outlives it."""
+    yield
+    while _started:
+        frontend = _started.pop()
+        if frontend.process is not None and frontend.process.poll() is None:
+            frontend.stop(signal.SIGKILL)
+
+
 def embedded_frontend(tmp_path: Path, name: str = "serve") -> Frontend:
-    return Frontend(base_env(tmp_path), log_path=tmp_path / f"{name}.log")
+    frontend = Frontend(base_env(tmp_path), log_path=tmp_path / f"{name}.log")
+    _started.append(frontend)
+    return frontend
 
 
 def store_pid(tmp_path: Path) -> int:

