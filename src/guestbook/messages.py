@@ -5,6 +5,7 @@ Pure functions only: no I/O, so the web, the CLI and the store all check text th
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -72,8 +73,14 @@ def id_key(value: str) -> tuple[int, int]:
 
 def iso_from_ms(ms: int) -> str:
     """`2026-11-26T11:25:57.123Z`: UTC, milliseconds, as the contract shows."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return f"{_iso_second(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    # Every message of a page needs this; neighbours share their second, and strftime is
+    # the most expensive step of turning a stream entry into a message.
+    return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def ms_from_iso(value: str) -> int:
