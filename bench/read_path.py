@@ -134,6 +134,16 @@ def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
     }
 
 
+def page_cache(url: str) -> dict[str, float]:
+    """First-page reads answered from the live head (hit) or the store (miss) so far."""
+    counts = {"hit": 0.0, "miss": 0.0}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        match = re.match(r'guestbook_page_cache_total\{result="(hit|miss)"\} ([\d.e+]+)', line)
+        if match:
+            counts[match[1]] = float(match[2])
+    return counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--big", type=int, default=1_000_000, help="messages in the large case")
@@ -208,14 +218,20 @@ def main() -> int:
             }
             for name, target in scenarios.items():
                 wrk(target, 2, args.connections)
+                hits_before = page_cache(url)
                 figures = wrk(target, args.seconds, args.connections)
+                hits = page_cache(url)
+                served = sum(hits.values()) - sum(hits_before.values())
+                figures["from_memory"] = round(
+                    (hits["hit"] - hits_before["hit"]) / served, 3) if served else 0.0  # fmt: skip
                 ratio = figures["rps"] / baseline["rps"]
                 rows.append({"case": label, "messages": count, "scenario": name,
                              "bytes": size if "API" in name else None, **figures,
                              "ratio_to_baseline": round(ratio, 3)})  # fmt: skip
                 print(f"{label:>5} ({count:>10,}) {name:<18} {figures['rps']:>9,.0f} req/s "
                       f"= {ratio:.2f}x baseline, p99 {figures['p99_ms']:.1f} ms, "
-                      f"non-2xx {figures['non_2xx']:.0f}")  # fmt: skip
+                      f"non-2xx {figures['non_2xx']:.0f}, "
+                      f"from memory {figures['from_memory']:.0%}")  # fmt: skip
             frontend.send_signal(signal.SIGTERM)
             frontend.wait(30)
             log.close()
