@@ -295,3 +295,10 @@ def test_fast_path_and_framework_answer_byte_for_byte_alike(gb: httpx.Client, to
     middle = gb.get("/api/messages?limit=4").json()["next"]
     fast = gb.get(f"/api/messages?limit=3&before={middle}")
     assert fast.content == gb.get(f"/api/messages?limit=3&before={middle}&via=x").content
+
+
+def test_nothing_is_older_than_the_first_possible_id(gb: httpx.Client) -> None:
+    for query in ("before=0-0", "before=0-0&via=framework"):
+        response = gb.get(f"/api/messages?{query}")
+        assert response.status_code == 200
+        assert response.json() == {"messages": [], "next": None}

@@ -24,6 +24,7 @@ class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(
         min_length=1,
+        pattern=r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
         description="The message; at most GUESTBOOK_MAX_MESSAGE_CHARS characters (500) after "
         "trimming, no control characters other than newline and tab.",
     )

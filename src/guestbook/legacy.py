@@ -9,9 +9,10 @@ commas, as the old page expects (a comma inside a message cannot be told apart t
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from .problems import HTTPProblem
@@ -20,53 +21,73 @@ from .store import LEGACY_LIMIT
 
 router = APIRouter(tags=["legacy"])
 
-KEYS = (None, "messages", "guestbook")
 
-
-async def _legacy(
-    request: Request, cmd: str | None, key: str | None, value: str | None
-) -> Response:
+async def _legacy(request: Request, cmd: str, value: str | None) -> Response:
+    """`cmd` and `key` were checked by their declared types (an unknown one is a 400)."""
     state: AppState = request.state.app
-    if key not in KEYS:
-        raise HTTPProblem(400, f"Unknown key {key!r}: only 'messages' is kept.")
     if cmd == "get":
         messages = await state.store.newest_oldest_first(LEGACY_LIMIT)
         # json.dumps' default separators give exactly the PHP page's `{"data": "..."}`.
         return Response(
             json.dumps({"data": ",".join(m.text for m in messages)}), media_type="application/json"
         )
-    if cmd == "set":
-        if value is None:
-            raise HTTPProblem(400, "cmd=set needs a value.")
-        entry = value.rsplit(",", 1)[-1].strip()
-        if not entry:
-            raise HTTPProblem(400, "The last entry of value is empty.")
-        message = await state.post(request, entry)
-        response = Response(json.dumps({"message": "Updated"}), media_type="application/json")
-        remember_write(response, message.id)
-        return response
-    raise HTTPProblem(400, "cmd must be 'get' or 'set'.")
+    if value is None:
+        raise HTTPProblem(400, "cmd=set needs a value.")
+    entry = value.rsplit(",", 1)[-1].strip()
+    if not entry:
+        raise HTTPProblem(400, "The last entry of value is empty.")
+    message = await state.post(request, entry)
+    response = Response(json.dumps({"message": "Updated"}), media_type="application/json")
+    remember_write(response, message.id)
+    return response
 
 
-Cmd = Annotated[str | None, Query(description="get or set")]
-Key = Annotated[str | None, Query(description="messages (or guestbook); may be left out")]
+Cmd = Annotated[Literal["get", "set"], Query(description="get or set")]
+Key = Annotated[
+    Literal["messages", "guestbook"] | None,
+    Query(description="messages (or guestbook, the GKE variant's name); may be left out"),
+]
 Value = Annotated[
     str | None,
     Query(description="set: the whole comma-joined list; its last entry is appended"),
 ]
 
 
-@router.get("/guestbook.php", summary="Legacy PHP API")
+class LegacyAnswer(BaseModel):
+    data: str | None = Field(None, description="cmd=get: messages, oldest first, comma-joined")
+    message: str | None = Field(None, description='cmd=set: "Updated"')
+
+
+class LegacyError(BaseModel):
+    error: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": LegacyError} for code in (400, 422, 429, 503)
+}
+
+
+@router.get(
+    "/guestbook.php",
+    summary="Legacy PHP API",
+    response_model=LegacyAnswer,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+)
 async def guestbook_php(
-    request: Request, cmd: Cmd = None, key: Key = None, value: Value = None
+    request: Request, cmd: Cmd, key: Key = None, value: Value = None
 ) -> Response:
     """`cmd=get` answers `{"data": "m1,m2,..."}`; `cmd=set` answers `{"message": "Updated"}`."""
-    return await _legacy(request, cmd, key, value)
+    return await _legacy(request, cmd, value)
 
 
-@router.get("/guestbook", summary="Legacy API (conformance-test path)")
-async def guestbook(
-    request: Request, cmd: Cmd = None, key: Key = None, value: Value = None
-) -> Response:
+@router.get(
+    "/guestbook",
+    summary="Legacy API (conformance-test path)",
+    response_model=LegacyAnswer,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+)
+async def guestbook(request: Request, cmd: Cmd, key: Key = None, value: Value = None) -> Response:
     """The same as `/guestbook.php`, under the path the Kubernetes conformance test uses."""
-    return await _legacy(request, cmd, key, value)
+    return await _legacy(request, cmd, value)

@@ -33,6 +33,24 @@ _SECURITY_HEADERS = [
 ]
 
 access_log = logging.getLogger("guestbook.access")
+log = logging.getLogger("guestbook")
+
+_INTERNAL_ERROR_BODY = json.dumps(
+    {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+        "detail": "Something went wrong on our side; it has been logged.",
+    }
+).encode()
+_INTERNAL_ERROR_START: Message = {
+    "type": "http.response.start",
+    "status": 500,
+    "headers": [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(_INTERNAL_ERROR_BODY)).encode()),
+    ],
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -247,12 +265,14 @@ class RequestMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        started = False
         path: str = scope["path"]
         csp = (DOCS_CSP if path == "/docs" else CSP).encode()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"content-security-policy", csp))
@@ -266,6 +286,14 @@ class RequestMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            if started:
+                return  # answered already (FastAPI's own handler logged it)
+            # Whatever escaped the fast path in front of the app is logged here and answered
+            # as a bare problem document: no trace or detail reaches the client.
+            log.exception("unhandled error on %s %s", scope["method"], path)
+            await send_wrapper(_INTERNAL_ERROR_START)
+            await send_wrapper({"type": "http.response.body", "body": _INTERNAL_ERROR_BODY})
         finally:
             duration = time.perf_counter() - start
             route = scope.get("route")

@@ -41,6 +41,7 @@ PREFIX = "guestbook:"
 STREAM = PREFIX + "messages"
 IMPORTED = PREFIX + "imported"
 MAX_PAGE = 200
+_U64_MAX = 2**64 - 1
 LEGACY_LIMIT = 1000
 # After a failure a server is left alone this long before it is tried again.
 COOL_DOWN = 2.0
@@ -334,10 +335,12 @@ class MessageStore:
         """
         limit = max(1, min(MAX_PAGE, limit))
         wanted = _newest(must_include, self.last_write_id)
-        if before is not None and wanted is not None and id_key(wanted) >= parse_id(before):
-            wanted = None  # the write is newer than this page: it is not one of its messages
-        elif before is not None:
-            parse_id(before)
+        if before is not None:
+            bound = parse_id(before)
+            if bound == (0, 0):
+                return Page([], None, "leader")  # nothing is older than the first id
+            if wanted is not None and id_key(wanted) >= bound:
+                wanted = None  # the write is newer than this page: it is not one of its messages
         high = f"({before}" if before else "+"
 
         async def fetch(client: Redis) -> tuple[list[Entry], str | None]:
@@ -396,7 +399,8 @@ class MessageStore:
 
     async def after(self, after_id: str, count: int = 1000) -> list[Message]:
         """Messages newer than `after_id`, oldest first (for resuming a live feed)."""
-        parse_id(after_id, "after")
+        if parse_id(after_id, "after") == (_U64_MAX, _U64_MAX):
+            return []  # nothing can be newer than the last possible id
 
         async def fetch(client: Redis) -> list[Entry]:
             return await _xrange(client, f"({after_id}", count)
