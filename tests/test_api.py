@@ -302,3 +302,10 @@ def test_nothing_is_older_than_the_first_possible_id(gb: httpx.Client) -> None:
         response = gb.get(f"/api/messages?{query}")
         assert response.status_code == 200
         assert response.json() == {"messages": [], "next": None}
+
+
+def test_wrong_method_is_405_naming_every_allowed_one(gb: httpx.Client) -> None:
+    response = gb.request("DELETE", "/api/messages")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD, POST"
+    assert response.headers["content-type"] == "application/problem+json"

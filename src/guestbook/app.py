@@ -130,6 +130,12 @@ def _error(
     return problem_response(status, detail, headers)
 
 
+def _methods_for(app: FastAPI, path: str) -> set[str]:
+    """The methods the OpenAPI document lists for `path` (with HEAD beside GET)."""
+    methods = {method.upper() for method in app.openapi().get("paths", {}).get(path, {})}
+    return methods | {"HEAD"} if "GET" in methods else methods
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPProblem)
@@ -156,7 +162,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        headers = dict(exc.headers) if exc.headers else None
+        headers = dict(exc.headers) if exc.headers else {}
+        documented = _methods_for(app, request.url.path) if exc.status_code == 405 else None
+        if documented:
+            # Starlette names only the first route that matched the path; a path served by
+            # one route per method (GET and POST /api/messages) allows them all.
+            headers["Allow"] = ", ".join(sorted(documented))
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
         return _error(request, exc.status_code, detail, headers)
 
