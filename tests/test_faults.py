@@ -231,3 +231,16 @@ def test_sigterm_under_load_fails_no_request(cluster: Cluster, make_frontend: ob
     # Every acknowledged post is in the store.
     stored = cluster.leader.client().xlen("guestbook:messages")
     assert stored >= len(statuses)
+
+
+def test_frontend_forgets_messages_the_store_no_longer_has(
+    cluster: Cluster, make_frontend: object
+) -> None:
+    frontend: Frontend = make_frontend(cluster)  # type: ignore[operator]
+    with frontend.http() as gb:
+        post(gb, "soon gone")
+        assert texts(gb) == ["soon gone"]
+        # As after a leader that came back without its data: the followers copy the loss.
+        cluster.leader.client().delete("guestbook:messages")
+        wait_until(lambda: texts(gb) == [], timeout=15)
+        assert "soon gone" not in gb.get("/").text

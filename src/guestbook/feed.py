@@ -28,6 +28,8 @@ log = logging.getLogger("guestbook.feed")
 Subscriber = Callable[[list[Message]], None]
 # One more than the largest page, so a full page knows whether older messages exist.
 KEEP = MAX_PAGE + 1
+# While nothing new arrives, how often to check that the store still holds our newest id.
+CHECK_EVERY = 5.0
 
 
 class Feed:
@@ -42,6 +44,7 @@ class Feed:
         self._stale_after = BLOCK_MS / 1000 + store.timeout + 0.5
         self._subscribers: set[Subscriber] = set()
         self._stopping = False
+        self._check_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._encoded: dict[object, bytes] = {}
         self._encoded_version = -1
@@ -107,6 +110,8 @@ class Feed:
             try:
                 if self._synced and self.head_id is not None:
                     batch, self.source = await self.store.watch(self.head_id)
+                    if not batch and time.monotonic() >= self._check_at:
+                        await self._check_head()
                 else:
                     await self._sync()
                     batch = []
@@ -125,18 +130,42 @@ class Feed:
             if batch:
                 self._add(batch)
 
+    async def _check_head(self) -> None:
+        """Resynchronise when the store went back in time: the stream was deleted, or a
+        leader without its data came back and the followers copied it. Waiting for newer
+        ids alone would keep showing messages that no longer exist."""
+        self._check_at = time.monotonic() + CHECK_EVERY
+        newest, _ = await self.store.head(1)
+        if (
+            self.head_id is not None
+            and self.head_id != "0-0"
+            and (not newest or id_key(newest[-1].id) < id_key(self.head_id))
+        ):
+            log.warning("the stream is older than this frontend's copy; reloading it")
+            self._synced = False
+
     async def _sync(self) -> None:
         messages, self.source = await self.store.head(KEEP)
+        previous = self.head_id
         self.recent.clear()
         self.recent.extend(messages)
         self.head_id = messages[-1].id if messages else "0-0"
         self._synced = True
         self.version += 1
+        if previous is not None:
+            # A reload after the store went back in time: what is newer than the last id we
+            # passed on is new to the live clients too.
+            fresh = [m for m in messages if id_key(m.id) > id_key(previous)]
+            if fresh:
+                self._publish(fresh)
 
     def _add(self, batch: list[Message]) -> None:
         self.recent.extend(batch)
         self.head_id = batch[-1].id
         self.version += 1
+        self._publish(batch)
+
+    def _publish(self, batch: list[Message]) -> None:
         for callback in list(self._subscribers):
             try:
                 callback(batch)
