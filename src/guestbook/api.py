@@ -101,17 +101,24 @@ async def list_messages(
 ) -> Response:
     """A page of messages, newest first; follow `next` (as `before`) for older ones."""
     state: AppState = request.state.app
-    must_include = wrote_cookie(request)
+    body = await messages_body(state, limit, before, wrote_cookie(request))
+    return Response(body, media_type=JSON)
+
+
+async def messages_body(
+    state: AppState, limit: int, before: str | None, must_include: str | None
+) -> bytes:
+    """The JSON of a page: a first page from memory when the live head can answer it,
+    anything else from the store (whose errors propagate)."""
     if before is None:
         cached = state.feed.first_page(limit, must_include)
         if cached is not None:
             state.metrics.page_cache_hit.inc()
-            encoded = state.feed.encoded(("api", limit), lambda: encode_page(cached, limit))
-            return Response(encoded, media_type=JSON)
+            return state.feed.encoded(("api", limit), lambda: encode_page(cached, limit))
         state.metrics.page_cache_miss.inc()
     page = await state.store.page(limit, before, must_include)
     state.read_from = page.source
-    return Response(encode_messages(page.messages, page.next), media_type=JSON)
+    return encode_messages(page.messages, page.next)
 
 
 @router.post(

@@ -17,9 +17,9 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import live
-from .api import encode_messages, encode_page
+from .api import messages_body
 from .errors import StoreError
-from .pages import PAGE_SIZE, render_page
+from .pages import cached_page
 from .problems import problem_body, store_problem
 from .state import WROTE_COOKIE, AppState, valid_id
 from .store import MAX_PAGE
@@ -68,35 +68,18 @@ class ReadFastPath:
         if path == "/":
             if scope["query_string"]:
                 return None
-            newest = state.feed.first_page(PAGE_SIZE, _wrote(scope))
-            if newest is None:
-                return None
-            state.metrics.page_cache_hit.inc()
-            source = state.feed.source
-            html = state.feed.encoded(
-                ("page", source), lambda: render_page(state, newest, source).encode()
-            )
-            return 200, html, _HTML, {}
+            html = cached_page(state, _wrote(scope))
+            return None if html is None else (200, html, _HTML, {})
         query = _query(scope["query_string"])
         if query is None:
             return None
         limit, before = query
-        must_include = _wrote(scope)
-        if before is None:
-            cached = state.feed.first_page(limit, must_include)
-            if cached is not None:
-                state.metrics.page_cache_hit.inc()
-                body = state.feed.encoded(("api", limit), lambda: encode_page(cached, limit))
-                return 200, body, _JSON, {}
-            state.metrics.page_cache_miss.inc()
         try:
-            page = await state.store.page(limit, before, must_include)
+            return 200, await messages_body(state, limit, before, _wrote(scope)), _JSON, {}
         except StoreError as exc:
             log.warning("store unavailable on GET /api/messages: %s", exc)
             status, detail, headers = store_problem(exc)
             return status, problem_body(status, detail), _PROBLEM, headers
-        state.read_from = page.source
-        return 200, encode_messages(page.messages, page.next), _JSON, {}
 
 
 def _query(raw: bytes) -> tuple[int, str | None] | None:

@@ -49,6 +49,17 @@ async def _newest(state: AppState, request: Request) -> tuple[list[Message], str
     return page.messages, page.source, False
 
 
+def cached_page(state: AppState, must_include: str | None) -> bytes | None:
+    """The first page's HTML from the live head, encoded once per change; None when the
+    head cannot answer (then the store must)."""
+    newest = state.feed.first_page(PAGE_SIZE, must_include)
+    if newest is None:
+        return None
+    state.metrics.page_cache_hit.inc()
+    source = state.feed.source
+    return state.feed.encoded(("page", source), lambda: render_page(state, newest, source).encode())
+
+
 @router.get("/")
 async def index(
     request: Request,
@@ -56,13 +67,10 @@ async def index(
 ) -> Response:
     state: AppState = request.state.app
     if before is None:
-        messages, source, cached = await _newest(state, request)
-        if cached:
-            body = state.feed.encoded(
-                ("page", source),
-                lambda: render_page(state, messages, source).encode(),
-            )
+        body = cached_page(state, wrote_cookie(request))
+        if body is not None:
             return HTMLResponse(body)
+        messages, source, _ = await _newest(state, request)
     else:
         page = await state.store.page(PAGE_SIZE + 1, before, None)
         messages, source = page.messages, page.source
