@@ -140,3 +140,16 @@ def test_passwords_are_redacted_for_display() -> None:
     assert redact_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
     assert redact_url("redis://user:pw@host/0") == "redis://user:***@host/0"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_flags_exist_for_every_guestbook_variable() -> None:
+    from guestbook.cli import FLAGS
+
+    documented = {
+        "GUESTBOOK_HOST", "GUESTBOOK_PORT", "GUESTBOOK_REDIS_LEADER_URL",
+        "GUESTBOOK_REDIS_FOLLOWER_URL", "GUESTBOOK_DATA_DIR", "GUESTBOOK_MAX_MESSAGE_CHARS",
+        "GUESTBOOK_WRITE_REPLICAS", "GUESTBOOK_STORE_TIMEOUT", "GUESTBOOK_RATE_LIMIT",
+        "GUESTBOOK_LOG_LEVEL", "GUESTBOOK_LOG_FORMAT", "GUESTBOOK_SHUTDOWN_DRAIN",
+        "GUESTBOOK_SSE_HEARTBEAT", "GUESTBOOK_SSE_QUEUE", "GET_HOSTS_FROM",
+    }  # fmt: skip
+    assert {env for env, _ in FLAGS.values()} == documented

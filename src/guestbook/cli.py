@@ -44,6 +44,15 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--rate-limit": ("GUESTBOOK_RATE_LIMIT", "posts per minute per client; 0 = off (30)"),
     "--log-level": ("GUESTBOOK_LOG_LEVEL", "debug, info, warning, error (info)"),
     "--log-format": ("GUESTBOOK_LOG_FORMAT", "text or json (text on a terminal, else json)"),
+    "--shutdown-drain": (
+        "GUESTBOOK_SHUTDOWN_DRAIN",
+        "on SIGTERM, seconds to report not-ready before the listener closes (0)",
+    ),
+    "--sse-heartbeat": ("GUESTBOOK_SSE_HEARTBEAT", "seconds between live-feed heartbeats (15)"),
+    "--sse-queue": (
+        "GUESTBOOK_SSE_QUEUE",
+        "messages queued for one slow live client before it must reconnect (1000, min 500)",
+    ),
 }
 STORE_FLAGS = (
     "--redis-leader-url",
@@ -77,14 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the web frontend",
         description="Run the web frontend (page, JSON API, legacy API, probes, metrics). "
         "With no store configured it starts the embedded store and stops it on exit.",
-    )
-    serve.add_argument(
-        "--drain",
-        type=float,
-        default=float(os.environ.get("GUESTBOOK_SHUTDOWN_DRAIN", "0") or 0),
-        metavar="SECONDS",
-        help="on SIGTERM, report not-ready this long before closing the listener "
-        "[GUESTBOOK_SHUTDOWN_DRAIN] (default 0)",
     )
     _add_flags(serve, list(FLAGS))
 
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .server import AddressInUse, serve
 
             try:
-                serve(settings, os.environ.get("HOSTNAME") or socket.gethostname(), args.drain)
+                serve(settings, os.environ.get("HOSTNAME") or socket.gethostname())
             except AddressInUse as exc:
                 print(f"guestbook: {exc}", file=sys.stderr)
                 return 1

@@ -1,9 +1,9 @@
 """`guestbook serve`: the embedded store when none is configured, the web app on granian in
 this process, and an orderly stop on SIGTERM or Ctrl-C.
 
-Stopping goes: readiness turns 503 at once; after `drain` seconds (time for a load balancer to
-stop sending) the listener closes, requests in flight finish and the lifespan closes the store
-clients; last, the embedded store (if any) flushes its file and exits.
+Stopping goes: readiness turns 503 at once; after GUESTBOOK_SHUTDOWN_DRAIN seconds (time for a
+load balancer to stop sending) the listener closes, requests in flight finish and the lifespan
+closes the store clients; last, the embedded store (if any) flushes its file and exits.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def check_address_free(host: str, port: int) -> None:
             ) from None
 
 
-def serve(settings: Settings, instance: str, drain: float = 0.0) -> None:
+def serve(settings: Settings, instance: str) -> None:
     check_address_free(settings.host, settings.port)
     log_handler = configure_logging(settings, instance)
     address = discover(settings)
@@ -59,7 +59,7 @@ def serve(settings: Settings, instance: str, drain: float = 0.0) -> None:
         log.info("embedded store started in %s", settings.data_dir)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_run(settings, address, instance, drain, log_handler))
+            runner.run(_run(settings, address, instance, log_handler))
     finally:
         if embedded is not None:
             embedded.stop()
@@ -78,7 +78,6 @@ async def _run(
     settings: Settings,
     address: StoreAddress,
     instance: str,
-    drain: float,
     log_handler: BufferedStdoutHandler,
 ) -> None:
     app = create_app(settings, address, instance)
@@ -106,7 +105,7 @@ async def _run(
         state = getattr(app.state, "guestbook", None)
         if state is not None:
             state.shutting_down = True
-        loop.call_later(drain, server.stop)
+        loop.call_later(settings.shutdown_drain, server.stop)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)

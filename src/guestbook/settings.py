@@ -45,6 +45,9 @@ class Settings:
     # before it is told to reconnect (never fewer than one feed batch, 500).
     sse_heartbeat: float = 15.0
     sse_queue: int = 1000
+    # On SIGTERM, seconds to answer not-ready before the listener closes (a load balancer's
+    # time to stop sending).
+    shutdown_drain: float = 0.0
     # Kubernetes-injected Service variables, kept for GET_HOSTS_FROM=env.
     service_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -92,6 +95,7 @@ class Settings:
             log_format=log_format,  # type: ignore[arg-type]
             sse_heartbeat=_float(env, "GUESTBOOK_SSE_HEARTBEAT", 15.0, 0.05, 3600.0),
             sse_queue=_int(env, "GUESTBOOK_SSE_QUEUE", 1000, 500, 1_000_000),
+            shutdown_drain=_float(env, "GUESTBOOK_SHUTDOWN_DRAIN", 0.0, 0.0, 600.0),
             service_env={k: v for k, v in env.items() if k.startswith("REDIS_")},
         )
 
