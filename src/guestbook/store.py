@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,6 +45,8 @@ _U64_MAX = 2**64 - 1
 LEGACY_LIMIT = 1000
 # After a failure a server is left alone this long before it is tried again.
 COOL_DOWN = 2.0
+# Connections per server and purpose (plain calls; blocking ones). Beyond that, calls queue.
+POOL_SIZE = 64
 # How long one blocking read for new messages waits before it returns empty.
 BLOCK_MS = 1000
 
@@ -136,10 +138,14 @@ class StoreStatus:
 
 
 def _client(url: str, timeout: float) -> Redis:
+    # A burst of requests beyond the pool's size waits for a free connection (within the
+    # call's deadline) instead of failing at once, as redis-py's default pool would.
     # One quick retry lets a pooled connection that died with a restarted server reconnect;
     # every call is also bounded by `timeout` as a whole, so retrying never stretches it.
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=timeout,
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -147,6 +153,7 @@ def _client(url: str, timeout: float) -> Redis:
         health_check_interval=0,
         client_name="guestbook",
     )
+    return Redis.from_pool(pool)
 
 
 @dataclass
