@@ -82,9 +82,26 @@ class ReadFastPath:
             return status, problem_body(status, detail), _PROBLEM, headers
 
 
+_QUERIES: dict[bytes, tuple[int, str | None] | None] = {}
+# Distinct query strings remembered; clients mostly send a handful (`limit=20`, none).
+_QUERY_CACHE = 256
+
+
 def _query(raw: bytes) -> tuple[int, str | None] | None:
     """`limit` and `before` when both are well-formed (or absent); None leaves it to the app,
     which explains what is wrong with them."""
+    try:
+        return _QUERIES[raw]
+    except KeyError:
+        pass
+    parsed = _parse_query(raw)
+    if len(_QUERIES) >= _QUERY_CACHE:
+        _QUERIES.clear()
+    _QUERIES[raw] = parsed
+    return parsed
+
+
+def _parse_query(raw: bytes) -> tuple[int, str | None] | None:
     limit, before = 50, None
     if not raw:
         return limit, before

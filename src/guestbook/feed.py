@@ -48,6 +48,8 @@ class Feed:
         self._task: asyncio.Task[None] | None = None
         self._encoded: dict[object, bytes] = {}
         self._encoded_version = -1
+        self._newest_first: list[Message] = []
+        self._newest_first_version = -1
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -88,9 +90,10 @@ class Feed:
         wanted = must_include or self.store.last_write_id
         if wanted is not None and (self.head_id is None or id_key(self.head_id) < id_key(wanted)):
             return None
-        items = list(self.recent)
-        items.reverse()
-        return items[: limit + 1]
+        if self._newest_first_version != self.version:
+            self._newest_first = list(reversed(self.recent))
+            self._newest_first_version = self.version
+        return self._newest_first[: limit + 1]
 
     def encoded(self, key: object, build: Callable[[], bytes]) -> bytes:
         """A response body built once per key and cache version (dropped on any change)."""
