@@ -223,7 +223,7 @@ def test_sigterm_under_load_fails_no_request(cluster: Cluster, make_frontend: ob
         frontend.process.send_signal(signal.SIGTERM)
         with frontend.http() as gb:
             assert gb.get("/readyz").status_code == 503  # draining: not ready, still serving
-        code = frontend.process.wait(15)
+        code = frontend.process.wait(30)
         stop.set()
     assert code == 0
     assert statuses
