@@ -76,14 +76,7 @@ def test_messages_survive_a_restart(tmp_path: Path) -> None:
 def test_second_serve_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     first = embedded_frontend(tmp_path).start()
     try:
-        env = {**base_env(tmp_path), "GUESTBOOK_PORT": "0"}
-        second = subprocess.run(
-            [sys.executable, "-m", "guestbook", "serve"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        second = run_cli(tmp_path, "serve", GUESTBOOK_PORT="0")
         assert second.returncode != 0
         assert "already runs the embedded store" in second.stderr
         assert str((tmp_path / "data").resolve()) in second.stderr
@@ -111,11 +104,11 @@ def test_ctrl_c_stops_serve_and_store_cleanly(tmp_path: Path) -> None:
 
 
 def run_cli(
-    tmp_path: Path, *args: str, stdin: str | None = None
+    tmp_path: Path, *args: str, stdin: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "guestbook", *args],
-        env=base_env(tmp_path),
+        env=base_env(tmp_path, **env),
         capture_output=True,
         text=True,
         input=stdin,
@@ -178,14 +171,7 @@ def test_serve_on_a_port_already_in_use_is_a_clear_error(tmp_path: Path) -> None
     first = embedded_frontend(tmp_path).start()
     try:
         other = tmp_path / "other"
-        env = {**base_env(other), "GUESTBOOK_PORT": str(first.port)}
-        result = subprocess.run(
-            [sys.executable, "-m", "guestbook", "serve"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_cli(other, "serve", GUESTBOOK_PORT=str(first.port))
         assert result.returncode == 1
         assert f"cannot listen on 127.0.0.1:{first.port}" in result.stderr
         assert not (other / "data" / ADDRESS_FILE).exists()
