@@ -230,10 +230,10 @@ def require_podman_and_base_images() -> None:
         i for i in base_images() if podman("image", "exists", i, check=False).returncode
     )
     if missing:
-        reason = f"base images not in local storage: {missing} (scripts/ci/build-standin-images.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        # Under CI=true conftest turns this skip into a failure, like every missing tool.
+        pytest.skip(
+            f"base images not in local storage: {missing} (scripts/ci/build-standin-images.sh)"
+        )
 
 
 def new_topology(image: str, **kwargs: Any) -> Topology:

@@ -4,7 +4,8 @@ Pure-Python checks of deploy/kubernetes (names, labels, selectors, the tutorial'
 queries, ports, probes, security), then the offline tools CI installs: `kubectl kustomize`
 renders every kustomization, `kubernetes-validate --strict` checks the result against the
 Kubernetes 1.30 and 1.37 schemas, and checkov scans the manifests and the Dockerfile. A tool
-that is not installed skips its test, saying which and how to get it.
+that is not installed skips its test, saying which and how to get it (under CI=true the skip
+fails the run: see conftest.py).
 """
 
 from __future__ import annotations
