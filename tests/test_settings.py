@@ -153,3 +153,60 @@ def test_flags_exist_for_every_guestbook_variable() -> None:
         "GUESTBOOK_SSE_HEARTBEAT", "GUESTBOOK_SSE_QUEUE", "GET_HOSTS_FROM",
     }  # fmt: skip
     assert {env for env, _ in FLAGS.values()} == documented
+
+
+SECRET = "s3cret-pw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://:{SECRET}@host:6379",
+        f"redis://:{SECRET}@host:port",
+        f"redis://user:{SECRET}@[::1:6379",
+        f"redis://:{SECRET}@/0",
+        f"redis://:{SECRET}@host:6379/db",
+        f"ftp://{SECRET}@host",
+    ],
+)
+def test_a_bad_url_names_its_variable_but_never_its_password(url: str) -> None:
+    for name in ("GUESTBOOK_REDIS_LEADER_URL", "GUESTBOOK_REDIS_FOLLOWER_URL"):
+        with pytest.raises(ConfigError, match=name) as caught:
+            Settings.from_env({name: url})
+        assert SECRET not in str(caught.value)
+
+
+def test_settings_and_addresses_never_show_a_password() -> None:
+    settings = Settings.from_env(
+        {
+            "GUESTBOOK_REDIS_LEADER_URL": f"redis://:{SECRET}@leader:6379/0",
+            "GUESTBOOK_REDIS_FOLLOWER_URL": f"redis://:{SECRET}@follower:6379/0",
+        }
+    )
+    address = discover(settings)
+    for shown in (repr(settings), str(settings), repr(address), str(address)):
+        assert SECRET not in shown
+    assert "redis://:***@leader:6379/0" in repr(address)
+    # The clients still get the whole URL.
+    assert address.leader_url == f"redis://:{SECRET}@leader:6379/0"
+
+
+def test_serve_with_a_bad_url_never_prints_its_password(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "guestbook", "serve"],
+        env={
+            "GUESTBOOK_REDIS_LEADER_URL": f"http://:{SECRET}@host:6379",
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "GUESTBOOK_REDIS_LEADER_URL" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_a_password_in_the_user_name_place_is_redacted_too() -> None:
+    assert redact_url(f"redis://{SECRET}@host:6379/0") == "redis://***@host:6379/0"

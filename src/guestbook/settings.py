@@ -17,6 +17,7 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
+from pydantic import SecretStr
 
 LogFormat = Literal["text", "json"]
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -31,8 +32,9 @@ class ConfigError(ValueError):
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
-    leader_url: str | None = None
-    follower_urls: tuple[str, ...] = ()
+    # URLs may carry a password: kept as SecretStr so no repr, log line or error shows it.
+    leader_url: SecretStr | None = None
+    follower_urls: tuple[SecretStr, ...] = ()
     get_hosts_from: Literal["dns", "env"] | None = None
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("guestbook")))
     max_message_chars: int = 500
@@ -79,8 +81,8 @@ class Settings:
         return cls(
             host=_blank_to_none(get("GUESTBOOK_HOST")) or "127.0.0.1",
             port=_int(env, "GUESTBOOK_PORT", 8080, 0, 65535),
-            leader_url=leader_url,
-            follower_urls=followers,
+            leader_url=SecretStr(leader_url) if leader_url is not None else None,
+            follower_urls=tuple(SecretStr(url) for url in followers),
             get_hosts_from=get_hosts_from,  # type: ignore[arg-type]
             data_dir=(
                 Path(data_dir).expanduser()
@@ -105,9 +107,18 @@ class StoreAddress:
     """Where the store lives: a leader URL and zero or more follower URLs, or the embedded one."""
 
     mode: Literal["redis", "embedded"]
-    leader_url: str | None = None
-    follower_urls: tuple[str, ...] = ()
+    # The store's clients need the URLs whole, passwords included; repr shows them redacted.
+    leader_url: str | None = field(default=None, repr=False)
+    follower_urls: tuple[str, ...] = field(default=(), repr=False)
     source: str = ""
+
+    def __repr__(self) -> str:
+        leader = shown_url(self.leader_url) if self.leader_url else None
+        followers = tuple(shown_url(url) for url in self.follower_urls)
+        return (
+            f"StoreAddress(mode={self.mode!r}, leader_url={leader!r}, "
+            f"follower_urls={followers!r}, source={self.source!r})"
+        )
 
 
 Resolver = Callable[[str], bool]
@@ -125,7 +136,10 @@ def discover(settings: Settings, resolves: Resolver = _resolves) -> StoreAddress
     """Apply the contract's precedence: explicit URL, then GET_HOSTS_FROM, then embedded."""
     if settings.leader_url:
         return StoreAddress(
-            "redis", settings.leader_url, settings.follower_urls, "GUESTBOOK_REDIS_LEADER_URL"
+            "redis",
+            settings.leader_url.get_secret_value(),
+            tuple(url.get_secret_value() for url in settings.follower_urls),
+            "GUESTBOOK_REDIS_LEADER_URL",
         )
     if settings.get_hosts_from == "dns":
         leader = "redis-leader" if resolves("redis-leader") else "redis-master"
@@ -162,29 +176,49 @@ def _service_url(env: Mapping[str, str], prefixes: tuple[str, ...]) -> str | Non
 def redact_url(url: str) -> str:
     """The URL without its password, for logs, status and the page footer."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if "@" not in parts.netloc:
         return url
     netloc = parts.hostname or ""
     if ":" in netloc:
         netloc = f"[{netloc}]"
-    netloc = f"{parts.username}:***@{netloc}" if parts.username else f":***@{netloc}"
+    if parts.password is None:
+        # `redis://secret@host` is a password put where the user name goes: hide it too.
+        netloc = f"***@{netloc}"
+    else:
+        netloc = f"{parts.username}:***@{netloc}" if parts.username else f":***@{netloc}"
     if parts.port is not None:
         netloc = f"{netloc}:{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def shown_url(url: str) -> str:
+    """A URL as it may be printed: redacted, or only its scheme when it cannot be parsed
+    (an unparsable URL might still hold a password somewhere)."""
+    try:
+        return redact_url(url)
+    except ValueError:
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        return f"{scheme}://(unparsable)" if scheme.isalnum() else "(unparsable)"
+
+
 def _check_redis_url(name: str, url: str) -> None:
+    # Error lines show the URL only through shown_url: a password never reaches a terminal.
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on a non-numeric port
-    except ValueError as exc:
-        raise ConfigError(f"{name} is not a valid URL: {exc}") from None
+    except ValueError:
+        raise ConfigError(
+            f"{name} is not a valid URL (a port that is not a number, or a bad address): "
+            f"{shown_url(url)!r}"
+        ) from None
     if parts.scheme not in REDIS_SCHEMES:
-        raise ConfigError(f"{name} must start with redis://, rediss:// or unix://, got {url!r}")
+        raise ConfigError(
+            f"{name} must start with redis://, rediss:// or unix://, got {shown_url(url)!r}"
+        )
     if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(f"{name} has no host: {redact_url(url)!r}")
+        raise ConfigError(f"{name} has no host: {shown_url(url)!r}")
     if parts.scheme == "unix" and not parts.path:
-        raise ConfigError(f"{name} has no socket path: {url!r}")
+        raise ConfigError(f"{name} has no socket path: {shown_url(url)!r}")
     db = parts.path.lstrip("/")
     if parts.scheme != "unix" and db and not db.isdigit():
         raise ConfigError(f"{name} has a database that is not a number: {db!r}")
