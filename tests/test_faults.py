@@ -244,3 +244,31 @@ def test_frontend_forgets_messages_the_store_no_longer_has(
         cluster.leader.client().delete("guestbook:messages")
         wait_until(lambda: texts(gb) == [], timeout=15)
         assert "soon gone" not in gb.get("/").text
+
+
+def test_a_demoted_leader_answers_writes_503_and_the_next_write_asks_again(
+    cluster: Cluster, make_frontend: object
+) -> None:
+    """A leader demoted by hand (or by a failover) answers READONLY: that is a store that
+    cannot take writes now, not a server error."""
+    frontend: Frontend = make_frontend(cluster)  # type: ignore[operator]
+    with frontend.http() as gb:
+        assert post(gb, "before the demotion").status_code == 201
+        other = cluster.followers[0]
+        cluster.leader.client().replicaof("127.0.0.1", str(other.port))
+        other.client().replicaof("NO", "ONE")
+        try:
+            refused = post(gb, "while demoted")
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.headers["retry-after"]
+            form = gb.post("/", data={"text": "form while demoted"})
+            assert form.status_code == 503
+            legacy = gb.get("/guestbook.php", params={"cmd": "set", "value": "legacy demoted"})
+            assert legacy.status_code == 503
+        finally:
+            cluster.leader.client().replicaof("NO", "ONE")
+            other.client().replicaof("127.0.0.1", str(cluster.leader.port))
+        wait_until(lambda: post(gb, "after the promotion").status_code == 201, timeout=10)
+    stored = [m for m in cluster.leader.client().xrange("guestbook:messages")]
+    assert [fields["t"] for _, fields in stored] == ["before the demotion", "after the promotion"]

@@ -29,8 +29,8 @@ from typing import Any, TypeVar, cast
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import LeaderUnavailable, ReplicationTimeout, StoreUnavailable
@@ -218,11 +218,14 @@ class MessageStore:
                 self.observer(name, server.role, server.last_error)
             raise StoreUnavailable(f"{server.role} {server.name} did not answer") from exc
         except ResponseError as exc:
-            # LOADING (a restarted server reading its file) and MASTERDOWN are transient states
-            # of a server that cannot serve yet: treat them as unavailability.
-            if str(exc).startswith(("LOADING", "MASTERDOWN", "READONLY")):
+            # A server that cannot serve this now: LOADING (restarted, reading its file),
+            # MASTERDOWN (a follower cut from its leader), READONLY (a leader demoted by hand
+            # or by a failover). redis-py strips the code from the errors it has classes for,
+            # so those are told by class. Treated as unavailability: 503, and asked again.
+            transient = _transient_error(exc)
+            if transient is not None:
                 server.down_until = time.monotonic() + COOL_DOWN
-                server.last_error = str(exc).split(" ", 1)[0]
+                server.last_error = transient
                 if self.observer is not None:
                     self.observer(name, server.role, server.last_error)
                 raise StoreUnavailable(f"{server.role} {server.name} cannot serve yet") from exc
@@ -501,6 +504,16 @@ class MessageStore:
             return dict(await self._call(server, lambda c: c.info("replication"), "info"))
         except (StoreUnavailable, RedisError):
             return None
+
+
+def _transient_error(exc: ResponseError) -> str | None:
+    """The error code of a server state that passes (see `_call`), else None."""
+    if isinstance(exc, ReadOnlyError):
+        return "READONLY"
+    if isinstance(exc, BusyLoadingError):
+        return "LOADING"
+    code = str(exc).split(" ", 1)[0]
+    return code if code in ("LOADING", "MASTERDOWN", "READONLY") else None
 
 
 async def _xrevrange(client: Redis, high: str, count: int) -> list[Entry]:
