@@ -13,14 +13,17 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 LogFormat = Literal["text", "json"]
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -28,78 +31,157 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the variable."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8080
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("guestbook"))
+
+
+def _default_log_format() -> LogFormat:
+    return "text" if sys.stdout.isatty() else "json"
+
+
+class Settings(BaseSettings):
+    """Every setting, typed and range-checked; built by `from_env` from an environment.
+
+    Each field's alias is the environment variable that sets it; the CLI's flags feed the same
+    names, so a value reads and fails the same way whichever way it came.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", validation_alias="GUESTBOOK_HOST")
+    port: int = Field(8080, ge=0, le=65535, validation_alias="GUESTBOOK_PORT")
     # URLs may carry a password: kept as SecretStr so no repr, log line or error shows it.
-    leader_url: SecretStr | None = None
-    follower_urls: tuple[SecretStr, ...] = ()
-    get_hosts_from: Literal["dns", "env"] | None = None
-    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("guestbook")))
-    max_message_chars: int = 500
-    write_replicas: int = 0
-    store_timeout: float = 1.0
-    rate_limit: int = 30
-    log_level: str = "info"
-    log_format: LogFormat = "text"
+    leader_url: SecretStr | None = Field(None, validation_alias="GUESTBOOK_REDIS_LEADER_URL")
+    follower_urls: tuple[SecretStr, ...] = Field(
+        (), validation_alias="GUESTBOOK_REDIS_FOLLOWER_URL"
+    )
+    get_hosts_from: Literal["dns", "env"] | None = Field(None, validation_alias="GET_HOSTS_FROM")
+    data_dir: Path = Field(default_factory=_default_data_dir, validation_alias="GUESTBOOK_DATA_DIR")
+    max_message_chars: int = Field(
+        500, ge=1, le=100_000, validation_alias="GUESTBOOK_MAX_MESSAGE_CHARS"
+    )
+    write_replicas: int = Field(0, ge=0, le=1000, validation_alias="GUESTBOOK_WRITE_REPLICAS")
+    store_timeout: float = Field(1.0, ge=0.01, le=60.0, validation_alias="GUESTBOOK_STORE_TIMEOUT")
+    rate_limit: int = Field(30, ge=0, le=1_000_000, validation_alias="GUESTBOOK_RATE_LIMIT")
+    log_level: LogLevel = Field("info", validation_alias="GUESTBOOK_LOG_LEVEL")
+    log_format: LogFormat = Field(
+        default_factory=_default_log_format, validation_alias="GUESTBOOK_LOG_FORMAT"
+    )
     # Live feed tuning: heartbeat comment interval, and messages queued for one slow client
     # before it is told to reconnect (never fewer than one feed batch, 500).
-    sse_heartbeat: float = 15.0
-    sse_queue: int = 1000
+    sse_heartbeat: float = Field(
+        15.0, ge=0.05, le=3600.0, validation_alias="GUESTBOOK_SSE_HEARTBEAT"
+    )
+    sse_queue: int = Field(1000, ge=500, le=1_000_000, validation_alias="GUESTBOOK_SSE_QUEUE")
     # On SIGTERM, seconds to answer not-ready before the listener closes (a load balancer's
     # time to stop sending).
-    shutdown_drain: float = 0.0
+    shutdown_drain: float = Field(
+        0.0, ge=0.0, le=600.0, validation_alias="GUESTBOOK_SHUTDOWN_DRAIN"
+    )
     # Kubernetes-injected Service variables, kept for GET_HOSTS_FROM=env.
-    service_env: Mapping[str, str] = field(default_factory=dict)
+    service_env: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `from_env` hands over the environment it was given (os.environ, or a test's own
+        # mapping with the CLI's flags merged in): nothing is read behind its back.
+        return (init_settings,)
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _host(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("leader_url", mode="before")
+    @classmethod
+    def _leader(cls, value: object) -> object:
+        if isinstance(value, str):
+            _check_redis_url(value)
+        return value
+
+    @field_validator("follower_urls", mode="before")
+    @classmethod
+    def _followers(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = _split_urls(value)
+            for url in value:
+                _check_redis_url(url)
+        return value
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `env` (default: the process environment); `ConfigError` naming the
+        variable for a bad value, never showing a URL's password."""
         env = os.environ if env is None else env
-        get = env.get
+        values: dict[str, Any] = {}
+        for name, info in cls.model_fields.items():
+            alias = info.validation_alias
+            if isinstance(alias, str):
+                raw = _blank_to_none(env.get(alias))
+                if raw is not None:
+                    values[alias] = raw
+            del name
+        values["service_env"] = {k: v for k, v in env.items() if k.startswith("REDIS_")}
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise _config_error(cls, exc, values) from None
 
-        get_hosts_from = _blank_to_none(get("GET_HOSTS_FROM"))
-        if get_hosts_from not in (None, "dns", "env"):
-            raise ConfigError(f"GET_HOSTS_FROM must be 'dns' or 'env', not {get_hosts_from!r}")
 
-        leader_url = _blank_to_none(get("GUESTBOOK_REDIS_LEADER_URL"))
-        if leader_url is not None:
-            _check_redis_url("GUESTBOOK_REDIS_LEADER_URL", leader_url)
-        followers = _split_urls(get("GUESTBOOK_REDIS_FOLLOWER_URL", ""))
-        for url in followers:
-            _check_redis_url("GUESTBOOK_REDIS_FOLLOWER_URL", url)
+def _config_error(
+    cls: type[Settings], exc: ValidationError, values: Mapping[str, Any]
+) -> ConfigError:
+    """The first problem, in one line that names the variable."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    alias = str(error["loc"][0]) if error["loc"] else "configuration"
+    raw = values.get(alias)
+    shown = repr(raw)
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    field = next(
+        (info for info in cls.model_fields.values() if info.validation_alias == alias), None
+    )
+    seconds = field is not None and field.annotation is float
+    if kind == "value_error":
+        return ConfigError(f"{alias} {ctx.get('error', error['msg'])}")
+    if kind == "int_parsing" or kind == "int_from_float":
+        return ConfigError(f"{alias} must be a whole number, not {shown}")
+    if kind == "float_parsing":
+        return ConfigError(f"{alias} must be a number of seconds, not {shown}")
+    if kind in ("greater_than_equal", "less_than_equal"):
+        low, high = _bounds(field)
+        unit = " seconds" if seconds else ""
+        return ConfigError(f"{alias} must be between {low} and {high}{unit}, not {raw}")
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        return ConfigError(f"{alias} must be one of {expected}, not {shown}")
+    return ConfigError(f"{alias}: {error['msg']}")
 
-        log_format_default: LogFormat = "text" if sys.stdout.isatty() else "json"
-        log_format = (_blank_to_none(get("GUESTBOOK_LOG_FORMAT")) or log_format_default).lower()
-        if log_format not in ("text", "json"):
-            raise ConfigError(f"GUESTBOOK_LOG_FORMAT must be 'text' or 'json', not {log_format!r}")
-        log_level = (_blank_to_none(get("GUESTBOOK_LOG_LEVEL")) or "info").lower()
-        if log_level not in LOG_LEVELS:
-            raise ConfigError(f"GUESTBOOK_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
 
-        data_dir = _blank_to_none(get("GUESTBOOK_DATA_DIR"))
-        return cls(
-            host=_blank_to_none(get("GUESTBOOK_HOST")) or "127.0.0.1",
-            port=_int(env, "GUESTBOOK_PORT", 8080, 0, 65535),
-            leader_url=SecretStr(leader_url) if leader_url is not None else None,
-            follower_urls=tuple(SecretStr(url) for url in followers),
-            get_hosts_from=get_hosts_from,  # type: ignore[arg-type]
-            data_dir=(
-                Path(data_dir).expanduser()
-                if data_dir
-                else Path(platformdirs.user_data_dir("guestbook"))
-            ),
-            max_message_chars=_int(env, "GUESTBOOK_MAX_MESSAGE_CHARS", 500, 1, 100_000),
-            write_replicas=_int(env, "GUESTBOOK_WRITE_REPLICAS", 0, 0, 1000),
-            store_timeout=_float(env, "GUESTBOOK_STORE_TIMEOUT", 1.0, 0.01, 60.0),
-            rate_limit=_int(env, "GUESTBOOK_RATE_LIMIT", 30, 0, 1_000_000),
-            log_level=log_level,
-            log_format=log_format,  # type: ignore[arg-type]
-            sse_heartbeat=_float(env, "GUESTBOOK_SSE_HEARTBEAT", 15.0, 0.05, 3600.0),
-            sse_queue=_int(env, "GUESTBOOK_SSE_QUEUE", 1000, 500, 1_000_000),
-            shutdown_drain=_float(env, "GUESTBOOK_SHUTDOWN_DRAIN", 0.0, 0.0, 600.0),
-            service_env={k: v for k, v in env.items() if k.startswith("REDIS_")},
-        )
+def _bounds(field: FieldInfo | None) -> tuple[object, object]:
+    low: object = None
+    high: object = None
+    for item in field.metadata if field is not None else ():
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -201,27 +283,26 @@ def shown_url(url: str) -> str:
         return f"{scheme}://(unparsable)" if scheme.isalnum() else "(unparsable)"
 
 
-def _check_redis_url(name: str, url: str) -> None:
-    # Error lines show the URL only through shown_url: a password never reaches a terminal.
+def _check_redis_url(url: str) -> None:
+    """Raises ValueError saying what is wrong; the variable's name is put before it by
+    `from_env`. The URL appears only through shown_url: a password never reaches a terminal."""
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on a non-numeric port
     except ValueError:
-        raise ConfigError(
-            f"{name} is not a valid URL (a port that is not a number, or a bad address): "
+        raise ValueError(
+            "is not a valid URL (a port that is not a number, or a bad address): "
             f"{shown_url(url)!r}"
         ) from None
     if parts.scheme not in REDIS_SCHEMES:
-        raise ConfigError(
-            f"{name} must start with redis://, rediss:// or unix://, got {shown_url(url)!r}"
-        )
+        raise ValueError(f"must start with redis://, rediss:// or unix://, got {shown_url(url)!r}")
     if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(f"{name} has no host: {shown_url(url)!r}")
+        raise ValueError(f"has no host: {shown_url(url)!r}")
     if parts.scheme == "unix" and not parts.path:
-        raise ConfigError(f"{name} has no socket path: {shown_url(url)!r}")
+        raise ValueError(f"has no socket path: {shown_url(url)!r}")
     db = parts.path.lstrip("/")
     if parts.scheme != "unix" and db and not db.isdigit():
-        raise ConfigError(f"{name} has a database that is not a number: {db!r}")
+        raise ValueError(f"has a database that is not a number: {db!r}")
     del port
 
 
@@ -233,29 +314,3 @@ def _blank_to_none(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
     return value.strip()
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = _blank_to_none(env.get(name))
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, not {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = _blank_to_none(env.get(name))
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high} seconds, not {value}")
-    return value
