@@ -223,6 +223,12 @@ def base_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """In-process tests run on asyncio, the loop the server runs on."""
+    return "asyncio"
+
+
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests pass settings explicitly; nothing from the caller's environment leaks in."""

@@ -1,26 +1,95 @@
-"""The store on its own, against a real leader and followers: bursts beyond its pool."""
+"""The store on its own, in process, against a real leader and followers: appends, pages,
+read-your-writes, follower fallback, and bursts beyond its pool."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
 
 from conftest import Cluster
-from guestbook.store import POOL_SIZE, MessageStore
+from guestbook.errors import InvalidCursor, LeaderUnavailable
+from guestbook.store import MAX_PAGE, POOL_SIZE, MessageStore
+
+pytestmark = pytest.mark.anyio
 
 
-def test_a_burst_larger_than_the_pool_waits_instead_of_failing(cluster: Cluster) -> None:
+@pytest.fixture
+async def store(cluster: Cluster) -> AsyncIterator[MessageStore]:
+    store = MessageStore(cluster.leader.url, cluster.follower_urls().split(","), timeout=0.5)
+    yield store
+    await store.close()
+
+
+async def test_a_burst_larger_than_the_pool_waits_instead_of_failing(cluster: Cluster) -> None:
     writers = POOL_SIZE * 4
-
-    async def burst() -> list[str]:
-        store = MessageStore(cluster.leader.url, cluster.follower_urls().split(","), timeout=5)
-        try:
-            messages = await asyncio.gather(*(store.append(f"m{i}") for i in range(writers)))
-            page = await store.page(200)
-            assert len(page.messages) == 200
-        finally:
-            await store.close()
-        return [m.id for m in messages]
-
-    ids = asyncio.run(burst())
-    assert len(set(ids)) == writers
+    store = MessageStore(cluster.leader.url, cluster.follower_urls().split(","), timeout=5)
+    try:
+        messages = await asyncio.gather(*(store.append(f"m{i}") for i in range(writers)))
+        page = await store.page(200)
+        assert len(page.messages) == 200
+    finally:
+        await store.close()
+    assert len({m.id for m in messages}) == writers
     assert cluster.leader.client().xlen("guestbook:messages") == writers
+
+
+async def test_pages_are_newest_first_and_next_leads_to_the_older_ones(
+    store: MessageStore,
+) -> None:
+    written = [await store.append(f"message {i}") for i in range(5)]
+    first = await store.page(2, must_include=written[-1].id)
+    assert [m.text for m in first.messages] == ["message 4", "message 3"]
+    assert first.next == written[3].id
+    second = await store.page(2, before=first.next, must_include=written[-1].id)
+    assert [m.text for m in second.messages] == ["message 2", "message 1"]
+    last = await store.page(2, before=second.next, must_include=written[-1].id)
+    assert [m.text for m in last.messages] == ["message 0"]
+    assert last.next is None
+
+
+async def test_a_page_is_capped_at_the_largest_page(store: MessageStore) -> None:
+    for i in range(MAX_PAGE + 5):
+        await store.append(f"m{i}")
+    page = await store.page(10_000)
+    assert len(page.messages) == MAX_PAGE
+
+
+async def test_a_malformed_cursor_is_refused_before_any_store_call(store: MessageStore) -> None:
+    with pytest.raises(InvalidCursor):
+        await store.page(10, before="yesterday")
+
+
+async def test_the_writer_sees_its_write_though_every_follower_lags(
+    cluster: Cluster, store: MessageStore
+) -> None:
+    for follower in cluster.followers:
+        follower.hang()
+    try:
+        message = await store.append("mine")
+        page = await store.page(5, must_include=message.id)
+    finally:
+        for follower in cluster.followers:
+            follower.resume()
+    assert page.messages[0].id == message.id
+    assert page.source == "leader"
+
+
+async def test_reads_fall_back_to_the_leader_when_every_follower_is_gone(
+    cluster: Cluster, store: MessageStore
+) -> None:
+    await store.append("kept")
+    for follower in cluster.followers:
+        follower.kill()
+    page = await store.page(5)
+    assert [m.text for m in page.messages] == ["kept"]
+    assert page.source == "leader"
+
+
+async def test_a_dead_leader_makes_appends_raise_leader_unavailable(
+    cluster: Cluster, store: MessageStore
+) -> None:
+    cluster.leader.kill()
+    with pytest.raises(LeaderUnavailable):
+        await store.append("lost?")
