@@ -10,15 +10,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
+from starlette.types import Receive, Scope, Send
 
+from guestbook.app import GuestbookApp, create_app
 from guestbook.embedded import server_binary
+from guestbook.settings import Settings, discover
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,6 +230,27 @@ def base_env(tmp: Path, **extra: str) -> dict[str, str]:
 def anyio_backend() -> str:
     """In-process tests run on asyncio, the loop the server runs on."""
     return "asyncio"
+
+
+@contextlib.asynccontextmanager
+async def app_in_process(
+    env: dict[str, str], instance: str = "in-process"
+) -> AsyncIterator[tuple[GuestbookApp, httpx.AsyncClient]]:
+    """The app from `create_app`, its lifespan run, driven through httpx's ASGI transport:
+    the in-process tier, with real store servers behind it and no HTTP server in between."""
+    settings = Settings.from_env(env)
+    app = create_app(settings, discover(settings), instance)
+    async with app.api.router.lifespan_context(app.api) as lifespan_state:
+
+        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+            # What an ASGI server does with the state a lifespan yields.
+            scope["state"] = dict(lifespan_state or {})
+            await app(scope, receive, send)
+
+        transport = httpx.ASGITransport(app=with_state, client=(HOST, 40000))
+        base = "http://guestbook.test"
+        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+            yield app, client
 
 
 @pytest.fixture(autouse=True)
