@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,178 @@ def test_unreachable_leader_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "read-only" in result.stderr or "leader" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- export then import is the identity ------------------------------------------------------
+
+OLD = [
+    {"id": "1600000000000-0", "text": "from 2020", "created_at": "2020-09-13T12:26:40.000Z"},
+    {"id": "1600000001000-0", "text": "a second later", "created_at": "2020-09-13T12:26:41.000Z"},
+]
+
+
+def guestbook_with_history(tmp_path: Path, cluster: Cluster) -> None:
+    """Own posts (one of them multi-line), and old messages imported after them: those get
+    new ids and keep their times beside them."""
+    for text in ("already here", "two\nlines"):
+        assert cli(tmp_path, cluster, "post", text).returncode == 0
+    dump = "\n".join(json.dumps(m) for m in OLD) + "\n"
+    assert "imported 2 new" in cli(tmp_path, cluster, "import", "-", stdin=dump).stdout
+
+
+def test_an_export_imported_into_its_own_guestbook_adds_nothing(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    guestbook_with_history(tmp_path, cluster)
+    exported = cli(tmp_path, cluster, "export").stdout
+    dump = tmp_path / "b.jsonl"
+    dump.write_text(exported)
+
+    result = cli(tmp_path, cluster, "import", str(dump))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "imported 0 new message(s), 4 already present"
+    assert len(stored(cluster)) == 4
+    assert cli(tmp_path, cluster, "export").stdout == exported
+
+
+def test_an_entry_whose_id_is_taken_by_another_text_is_imported_with_a_new_id(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    posted = cli(tmp_path, cluster, "post", "mine").stdout.strip()
+    theirs = {"id": posted, "text": "theirs", "created_at": "2020-09-13T12:26:40.000Z"}
+    result = cli(tmp_path, cluster, "import", "-", stdin=json.dumps(theirs) + "\n")
+    assert "imported 1 new" in result.stdout
+    exported = [json.loads(line) for line in cli(tmp_path, cluster, "export").stdout.splitlines()]
+    assert [(m["text"], m["created_at"]) for m in exported][1:] == [
+        ("theirs", "2020-09-13T12:26:40.000Z")
+    ]
+    assert exported[1]["id"] != posted
+
+
+def test_an_export_chain_through_empty_guestbooks_keeps_every_time_and_id(
+    tmp_path: Path, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    guestbook_with_history(tmp_path, cluster)
+    first = cli(tmp_path, cluster, "export").stdout
+    a = start_cluster(tmp_path_factory.mktemp("a"), followers=0)
+    b = start_cluster(tmp_path_factory.mktemp("b"), followers=0)
+    try:
+        assert "imported 4 new" in cli(tmp_path, a, "import", "-", stdin=first).stdout
+        second = cli(tmp_path, a, "export").stdout
+        assert "imported 4 new" in cli(tmp_path, b, "import", "-", stdin=second).stdout
+        third = cli(tmp_path, b, "export").stdout
+    finally:
+        a.stop()
+        b.stop()
+    assert second == first
+    assert third == first
+    times = [json.loads(line)["created_at"] for line in third.splitlines()]
+    assert times[2:] == [m["created_at"] for m in OLD]
+
+
+# --- the commands' own words -------------------------------------------------------------------
+
+
+def test_post_and_list_say_the_store_is_unreachable_without_its_password(
+    tmp_path: Path,
+) -> None:
+    url = "redis://:s3cret-pw@127.0.0.1:1/0"
+    for args in (("post", "x"), ("list",)):
+        result = cli(tmp_path, None, *args, GUESTBOOK_REDIS_LEADER_URL=url)
+        assert result.returncode == 1
+        assert "the store is unreachable" in result.stderr
+        assert "127.0.0.1:1" in result.stderr
+        assert "s3cret-pw" not in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr
+
+
+def test_list_shows_each_message_on_one_line_whole(tmp_path: Path, cluster: Cluster) -> None:
+    long_text = "long " * 90
+    for text in ("first line\nsecond line\n\nfourth", long_text.strip()):
+        assert cli(tmp_path, cluster, "post", text).returncode == 0
+    listing = cli(tmp_path, cluster, "list")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith(f"  {long_text.strip()}")
+    assert lines[1].endswith("  first line⏎second line⏎⏎fourth")
+
+
+def test_list_json_prints_the_messages_as_export_does(tmp_path: Path, cluster: Cluster) -> None:
+    for text in ("one", "two\nlines", 'quoted "🎉"'):
+        assert cli(tmp_path, cluster, "post", text).returncode == 0
+    listing = cli(tmp_path, cluster, "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    exported = cli(tmp_path, cluster, "export").stdout.splitlines()
+    assert listing.stdout.splitlines() == list(reversed(exported))
+    assert [json.loads(line)["text"] for line in listing.stdout.splitlines()] == [
+        'quoted "🎉"',
+        "two\nlines",
+        "one",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("command", "shown", "hidden"),
+    [
+        ("status", (), ("--max-message-chars", "--write-replicas", "--log-level")),
+        ("list", (), ("--max-message-chars", "--write-replicas", "--log-level")),
+        ("export", (), ("--max-message-chars", "--write-replicas", "--log-level")),
+        ("import", ("--max-message-chars",), ("--write-replicas", "--log-level")),
+        ("post", ("--max-message-chars", "--write-replicas"), ("--log-level", "--port")),
+        ("serve", ("--max-message-chars", "--write-replicas", "--log-level", "--port"), ()),
+    ],
+)
+def test_each_command_offers_only_the_flags_it_uses(
+    tmp_path: Path, command: str, shown: tuple[str, ...], hidden: tuple[str, ...]
+) -> None:
+    result = cli(tmp_path, None, command, "--help")
+    assert result.returncode == 0
+    for flag in (*shown, "--redis-leader-url", "--data-dir", "--store-timeout"):
+        assert flag in result.stdout
+    for flag in hidden:
+        assert flag not in result.stdout
+
+
+def test_serve_help_names_every_log_level(tmp_path: Path) -> None:
+    help_text = " ".join(cli(tmp_path, None, "serve", "--help").stdout.split())
+    assert "debug, info, warning, error, critical" in help_text
+
+
+def test_a_bad_value_names_the_flag_it_came_from(tmp_path: Path) -> None:
+    by_flag = cli(tmp_path, None, "serve", "--port", "abc")
+    assert by_flag.returncode == 2
+    assert "--port (GUESTBOOK_PORT) must be a whole number, not 'abc'" in by_flag.stderr
+    by_env = cli(tmp_path, None, "serve", GUESTBOOK_PORT="abc")
+    assert by_env.returncode == 2
+    assert "GUESTBOOK_PORT must be a whole number, not 'abc'" in by_env.stderr
+    assert "--port" not in by_env.stderr
+
+
+def test_a_port_in_use_names_the_flag_it_came_from(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        by_flag = cli(tmp_path, None, "serve", "--port", port)
+        by_env = cli(tmp_path, None, "serve", GUESTBOOK_PORT=port)
+    assert by_flag.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in by_flag.stderr
+    assert "choose another port with --port (GUESTBOOK_PORT)" in by_flag.stderr
+    assert by_env.returncode == 1
+    assert "choose another port with GUESTBOOK_PORT" in by_env.stderr
+    assert not (tmp_path / "data" / "server.json").exists()
+
+
+def test_export_has_every_acknowledged_post_while_the_followers_lag(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """A backup reads the leader: a follower that has not caught up would drop fresh posts."""
+    assert cli(tmp_path, cluster, "post", "replicated").returncode == 0
+    for follower in cluster.followers:
+        follower.wait_synced()
+        follower.client().replicaof("NO", "ONE")  # answering, but no longer catching up
+    assert cli(tmp_path, cluster, "post", "only on the leader").returncode == 0
+    exported = [json.loads(line) for line in cli(tmp_path, cluster, "export").stdout.splitlines()]
+    assert [m["text"] for m in exported] == ["replicated", "only on the leader"]

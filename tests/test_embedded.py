@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,3 +179,158 @@ def test_serve_on_a_port_already_in_use_is_a_clear_error(tmp_path: Path) -> None
         assert not (other / "data" / ADDRESS_FILE).exists()
     finally:
         first.stop()
+
+
+# --- supervision: the embedded store restarted when it dies, serve ended when it cannot -----
+
+# The contract's bound for a restart; the tests measure from the kill, so the figure includes
+# the time to notice the death, start the server and have the app's clients reconnect.
+RESTART_BOUND = 5.0
+
+
+def address(tmp_path: Path) -> dict[str, object]:
+    return dict(json.loads((tmp_path / "data" / ADDRESS_FILE).read_text()))
+
+
+def zombie(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False  # reaped
+    return state == "Z"
+
+
+def is_store(pid: int) -> bool:
+    try:
+        return b"valkey-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def restarted(tmp_path: Path, old_pid: int) -> int:
+    """The new store's pid, once server.json names one that runs."""
+    new_pid = int(str(address(tmp_path)["pid"]))
+    assert new_pid != old_pid
+    assert alive(new_pid)
+    assert is_store(new_pid)
+    return new_pid
+
+
+def ready(frontend: Frontend) -> bool:
+    return httpx.get(f"{frontend.url}/readyz", timeout=1).status_code == 200
+
+
+def test_a_killed_embedded_store_is_restarted_on_the_same_data(tmp_path: Path) -> None:
+    frontend = embedded_frontend(tmp_path).start()
+    with frontend.http() as gb:
+        for text in ("before the crash", "also before"):
+            assert gb.post("/api/messages", json={"text": text}).status_code == 201
+        before = address(tmp_path)
+        old_pid = int(str(before["pid"]))
+
+        killed = time.monotonic()
+        os.kill(old_pid, signal.SIGKILL)
+        seen: list[int] = []
+
+        def ready_again() -> bool:
+            seen.append(gb.get("/readyz", timeout=1).status_code)
+            restarted(tmp_path, old_pid)
+            # An older page is read from the store itself, not from the frontend's memory.
+            older = gb.get("/api/messages", params={"before": "99999999999999-0"}, timeout=1)
+            return seen[-1] == 200 and older.status_code == 200
+
+        wait_until(ready_again, timeout=RESTART_BOUND, interval=0.005)
+        took = time.monotonic() - killed
+        # Not asserted: how long /readyz said 503 depends on when the next look came.
+        print(f"ready again {took:.3f} s after SIGKILL; /readyz 503 {seen.count(503)} times")
+
+        after = address(tmp_path)
+        assert after["url"] == before["url"]  # same socket, so every client finds it again
+        assert after["owner_pid"] == before["owner_pid"]
+        assert not zombie(old_pid), "the killed store was never reaped"
+        assert [m["text"] for m in gb.get("/api/messages").json()["messages"]] == [
+            "also before",
+            "before the crash",
+        ]
+        assert gb.post("/api/messages", json={"text": "after the crash"}).status_code == 201
+    status = run_cli(tmp_path, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["message_count"] == 3
+    assert "embedded store restarted" in frontend.logs()
+    assert frontend.stop() == 0
+    assert not alive(int(str(after["pid"])))
+
+
+def test_an_embedded_store_that_keeps_dying_ends_serve_with_an_error(tmp_path: Path) -> None:
+    frontend = embedded_frontend(tmp_path).start()
+    assert frontend.process is not None
+    pid = store_pid(tmp_path)
+    for _ in range(5):
+        os.kill(pid, signal.SIGKILL)
+        wait_until(functools.partial(restarted, tmp_path, pid), timeout=RESTART_BOUND)
+        wait_until(functools.partial(ready, frontend), timeout=RESTART_BOUND)
+        pid = store_pid(tmp_path)
+    os.kill(pid, signal.SIGKILL)
+    code = frontend.process.wait(30)
+    assert code != 0
+    logs = frontend.logs()
+    assert "the embedded store died 6 times within 60 s" in logs
+    assert "guestbook: the embedded store died 6 times" in logs  # the line on stderr
+    assert not zombie(pid)
+    assert not (tmp_path / "data" / ADDRESS_FILE).exists()
+
+
+def test_an_embedded_store_whose_data_cannot_be_loaded_ends_serve_with_an_error(
+    tmp_path: Path,
+) -> None:
+    frontend = embedded_frontend(tmp_path).start()
+    assert frontend.process is not None
+    pid = store_pid(tmp_path)
+    # Stopped, serve cannot restart the store before its data is made unreadable.
+    frontend.process.send_signal(signal.SIGSTOP)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        manifest = next((tmp_path / "data" / "appendonlydir").glob("*.manifest"))
+        manifest.write_text("not a manifest\n")
+    finally:
+        frontend.process.send_signal(signal.SIGCONT)
+    code = frontend.process.wait(30)
+    assert code != 0
+    logs = frontend.logs()
+    assert "times within 60 s (exit code 1 last); not restarting it again" in logs
+    assert "valkey.log" in logs  # where to look
+    assert not (tmp_path / "data" / ADDRESS_FILE).exists()
+
+
+def test_commands_report_a_dead_store_as_unreachable_while_serve_holds_the_data_dir(
+    tmp_path: Path,
+) -> None:
+    frontend = embedded_frontend(tmp_path).start()
+    assert frontend.process is not None
+    with frontend.http() as gb:
+        assert gb.post("/api/messages", json={"text": "kept"}).status_code == 201
+    # Stopped, serve still holds the data dir but cannot restart the store it ran.
+    frontend.process.send_signal(signal.SIGSTOP)
+    try:
+        os.kill(store_pid(tmp_path), signal.SIGKILL)
+        status = run_cli(tmp_path, "status")
+        posted = run_cli(tmp_path, "post", "while the store is dead")
+        listed = run_cli(tmp_path, "list")
+    finally:
+        frontend.process.send_signal(signal.SIGCONT)
+
+    assert status.returncode == 1
+    assert "store:     embedded" in status.stdout
+    assert "UNREACHABLE" in status.stdout
+    for result in (status, posted, listed):
+        assert "another guestbook" not in result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+    for result in (posted, listed):
+        assert result.returncode == 1
+        assert "the store is unreachable" in result.stderr
+    # Once serve runs again it restarts the store and the commands work.
+    wait_until(lambda: httpx.get(f"{frontend.url}/readyz").status_code == 200, timeout=10)
+    listed = run_cli(tmp_path, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "kept" in listed.stdout
+    assert "while the store is dead" not in listed.stdout

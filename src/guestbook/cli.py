@@ -6,22 +6,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
+import re
 import socket
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .embedded import EmbeddedError, store_url_for
-from .errors import GuestbookError, InvalidMessage
-from .messages import clean_text, ms_from_iso, parse_id
-from .settings import ConfigError, Settings, StoreAddress, discover
+from .errors import GuestbookError, StoreUnavailable
+from .importing import parse_import
+from .messages import Message, clean_text, parse_id
+from .settings import LOG_LEVELS, ConfigError, Settings, StoreAddress, discover
 from .store import MessageStore
 
 # flag -> environment variable it mirrors
@@ -42,7 +42,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     ),
     "--store-timeout": ("GUESTBOOK_STORE_TIMEOUT", "seconds a store call may take (1)"),
     "--rate-limit": ("GUESTBOOK_RATE_LIMIT", "posts per minute per client; 0 = off (30)"),
-    "--log-level": ("GUESTBOOK_LOG_LEVEL", "debug, info, warning, error (info)"),
+    "--log-level": ("GUESTBOOK_LOG_LEVEL", f"{', '.join(LOG_LEVELS)} (info)"),
     "--log-format": ("GUESTBOOK_LOG_FORMAT", "text or json (text on a terminal, else json)"),
     "--shutdown-drain": (
         "GUESTBOOK_SHUTDOWN_DRAIN",
@@ -54,15 +54,18 @@ FLAGS: dict[str, tuple[str, str]] = {
         "messages queued for one slow live client before it must reconnect (1000, min 500)",
     ),
 }
+# What finds and reaches the store: every command but `serve` needs these and only these,
+# plus what the command itself checks or waits for.
 STORE_FLAGS = (
     "--redis-leader-url",
     "--redis-follower-url",
     "--get-hosts-from",
     "--data-dir",
     "--store-timeout",
-    "--max-message-chars",
-    "--write-replicas",
 )
+POST_FLAGS = (*STORE_FLAGS, "--max-message-chars", "--write-replicas")
+IMPORT_FLAGS = (*STORE_FLAGS, "--max-message-chars")
+ENV_FLAGS = {env: flag for flag, (env, _) in FLAGS.items()}
 
 
 def _add_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -102,13 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
         "post", help="post a message", description="Post one message; prints its id."
     )
     post.add_argument("text", help="the message")
-    _add_flags(post, STORE_FLAGS)
+    _add_flags(post, POST_FLAGS)
 
     listing = commands.add_parser(
-        "list", help="list messages, newest first", description="Print messages, newest first."
+        "list",
+        help="list messages, newest first",
+        description="Print messages, newest first, one a line: time, id and text, with line "
+        "breaks shown as ⏎. With --json, one JSON object a line, as `guestbook export` "
+        "writes them.",
     )
     listing.add_argument("--limit", type=int, default=20, help="how many (1-200, default 20)")
     listing.add_argument("--before", help="only messages older than this id")
+    listing.add_argument(
+        "--json", action="store_true", help='print JSON lines: {"id", "text", "created_at"}'
+    )
     _add_flags(listing, STORE_FLAGS)
 
     export = commands.add_parser(
@@ -128,17 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing. Every entry is checked first; if any is invalid, nothing is imported.",
     )
     imp.add_argument("file", help="the file to import, or - for stdin")
-    _add_flags(imp, STORE_FLAGS)
+    _add_flags(imp, IMPORT_FLAGS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k.isupper() and v is not None}
+
+    def name(env: str) -> str:
+        return _flag_name(env, overrides)
+
     try:
         settings = Settings.from_env({**os.environ, **overrides})
     except ConfigError as exc:
-        print(f"guestbook: configuration error: {exc}", file=sys.stderr)
+        print(
+            f"guestbook: configuration error: {_name_flags(str(exc), overrides)}", file=sys.stderr
+        )
         return 2
     try:
         if args.command == "serve":
@@ -147,16 +163,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 serve(settings, os.environ.get("HOSTNAME") or socket.gethostname())
             except AddressInUse as exc:
-                print(f"guestbook: {exc}", file=sys.stderr)
+                print(f"guestbook: {exc.describe(name)}", file=sys.stderr)
                 return 1
             return 0
         command = COMMANDS[args.command]
         return _with_store(settings, lambda ctx: command(ctx, args))
-    except (ConfigError, EmbeddedError, GuestbookError) as exc:
+    except ConfigError as exc:
+        print(f"guestbook: {_name_flags(str(exc), overrides)}", file=sys.stderr)
+        return 1
+    except (EmbeddedError, GuestbookError) as exc:
         print(f"guestbook: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _flag_name(env: str, flagged: Collection[str]) -> str:
+    """How an error calls a variable: with the flag the user typed, when it came from one."""
+    flag = ENV_FLAGS.get(env)
+    return f"{flag} ({env})" if flag is not None and env in flagged else env
+
+
+def _name_flags(message: str, flagged: Collection[str]) -> str:
+    """`message` with each variable set by a flag named as that flag: settings only know the
+    environment variables, and the user may never have typed one."""
+    for env in flagged:
+        message = re.sub(rf"\b{re.escape(env)}\b", _flag_name(env, flagged), message, count=1)
+    return message
+
+
+def _failed_server(exc: StoreUnavailable) -> str:
+    """The innermost reason: which server did not answer, without its password."""
+    reason: BaseException = exc
+    while isinstance(reason.__cause__, StoreUnavailable):
+        reason = reason.__cause__
+    return str(reason)
+
+
+def _unreachable(exc: StoreUnavailable, settings: Settings, address: StoreAddress) -> str:
+    if address.mode == "embedded":
+        # "leader" and a socket path mean nothing to someone who never set up a store.
+        return f"the store is unreachable: the embedded store in {settings.data_dir} did not answer"
+    return f"the store is unreachable: {_failed_server(exc)}"
 
 
 @contextlib.contextmanager
@@ -188,7 +236,11 @@ def _with_store(settings: Settings, run: Callable[[Context], Coroutine[Any, Any,
             async with _context(settings, address) as ctx:
                 return await run(ctx)
 
-        return asyncio.run(go())
+        try:
+            return asyncio.run(go())
+        except StoreUnavailable as exc:
+            print(f"guestbook: {_unreachable(exc, settings, address)}", file=sys.stderr)
+            return 1
 
 
 @contextlib.asynccontextmanager
@@ -248,68 +300,37 @@ async def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
         parse_id(args.before)
     page = await ctx.store.page(max(1, min(200, args.limit)), args.before)
     for m in page.messages:
-        print(f"{m.created_at}  {m.id}  {m.text}")
+        if args.json:
+            sys.stdout.write(_json_line(m))
+        else:
+            print(f"{m.created_at}  {m.id}  {one_line(m.text)}")
     if page.next:
         print(f"(older: guestbook list --before {page.next})", file=sys.stderr)
     return 0
 
 
+# Line breaks become ⏎, so that each message is one line however long; other control
+# characters (which a message cannot hold, but a store written by others might) are spelled
+# out, so that no text can move the cursor or recolour the terminal.
+_ONE_LINE = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != 0x09},
+    **dict.fromkeys(map(ord, "\n\u2028\u2029"), "⏎"),
+}
+
+
+def one_line(text: str) -> str:
+    """A message's text as one line of a terminal, every character of it kept."""
+    return text.translate(_ONE_LINE)
+
+
+def _json_line(message: Message) -> str:
+    return json.dumps(message.as_dict(), ensure_ascii=False) + "\n"
+
+
 async def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
     for message in await ctx.store.iter_all():
-        sys.stdout.write(json.dumps(message.as_dict(), ensure_ascii=False) + "\n")
+        sys.stdout.write(_json_line(message))
     return 0
-
-
-@dataclass(frozen=True)
-class ImportEntry:
-    key: str
-    text: str
-    created_ms: int
-    wanted_id: str | None
-
-
-def parse_import(content: str, max_chars: int) -> list[ImportEntry]:
-    """Entries of an export (JSON lines) or of the PHP guestbook's comma-joined value."""
-    stripped = content.strip()
-    if not stripped:
-        return []
-    if stripped.startswith("{"):
-        lines = [line for line in stripped.splitlines() if line.strip()]
-        first = json.loads(lines[0])
-        if isinstance(first, dict) and set(first) == {"data"} and len(lines) == 1:
-            return _php_entries(str(first["data"]), max_chars)
-        return _jsonl_entries(lines, max_chars)
-    return _php_entries(stripped, max_chars)
-
-
-def _jsonl_entries(lines: list[str], max_chars: int) -> list[ImportEntry]:
-    entries = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            message_id = str(record["id"])
-            parse_id(message_id, "id")
-            created_ms = ms_from_iso(str(record["created_at"]))
-            text = clean_text(str(record["text"]), max_chars)
-        except (ValueError, KeyError, TypeError, GuestbookError) as exc:
-            raise InvalidMessage(f"line {number}: not a guestbook export entry ({exc})") from None
-        entries.append(ImportEntry(f"id:{message_id}", text, created_ms, message_id))
-    return entries
-
-
-def _php_entries(value: str, max_chars: int) -> list[ImportEntry]:
-    now = int(time.time() * 1000)
-    entries = []
-    for index, raw in enumerate(value.split(",")):
-        if not raw.strip():
-            continue  # the PHP page left empty entries behind; they were never messages
-        try:
-            text = clean_text(raw, max_chars)
-        except InvalidMessage as exc:
-            raise InvalidMessage(f"entry {index + 1}: {exc}") from None
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        entries.append(ImportEntry(f"php:{index}:{digest}", text, now, None))
-    return entries
 
 
 async def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
@@ -321,10 +342,7 @@ async def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             print(f"guestbook: cannot read {args.file}: {exc}", file=sys.stderr)
             return 1
-    try:
-        entries = parse_import(content, ctx.settings.max_message_chars)
-    except json.JSONDecodeError as exc:
-        raise InvalidMessage(f"not JSON lines: {exc}") from None
+    entries = parse_import(content, ctx.settings.max_message_chars)
     added = 0
     for entry in entries:
         if await ctx.store.import_message(entry.key, entry.text, entry.created_ms, entry.wanted_id):

@@ -4,11 +4,17 @@ this process, and an orderly stop on SIGTERM or Ctrl-C.
 Stopping goes: readiness turns 503 at once; after GUESTBOOK_SHUTDOWN_DRAIN seconds (time for a
 load balancer to stop sending) the listener closes, requests in flight finish and the lifespan
 closes the store clients; last, the embedded store (if any) flushes its file and exits.
+
+The embedded store is supervised meanwhile: restarted when it dies, and when it cannot be,
+`serve` stops the same way and ends with `StoreLost` (a non-zero exit), so that whatever runs
+`serve` can act.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -19,7 +25,7 @@ from granian.constants import HTTPModes, Interfaces
 from granian.server.embed import Server
 
 from .app import create_app
-from .embedded import EmbeddedServer
+from .embedded import EmbeddedServer, StoreLost
 from .observability import BufferedStdoutHandler, configure_logging
 from .settings import Settings, StoreAddress, discover
 
@@ -27,7 +33,25 @@ log = logging.getLogger("guestbook")
 
 
 class AddressInUse(RuntimeError):
-    """Another process already listens on GUESTBOOK_HOST:GUESTBOOK_PORT."""
+    """GUESTBOOK_HOST:GUESTBOOK_PORT cannot be listened on: another process listens there, or
+    the host is not an address of this machine."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.host = host
+        self.port = port
+        self.in_use = error.errno == errno.EADDRINUSE
+        self.reason = error.strerror or str(error)
+        super().__init__(self.describe())
+
+    def describe(self, name: Callable[[str], str] = str) -> str:
+        """The error line; `name` says how to call a variable (the CLI names its flag)."""
+        if self.in_use:
+            hint = (
+                f"another program listens there; choose another port with {name('GUESTBOOK_PORT')}"
+            )
+        else:
+            hint = f"check {name('GUESTBOOK_HOST')}"
+        return f"cannot listen on {self.host}:{self.port}: {self.reason}; {hint}"
 
 
 def check_address_free(host: str, port: int) -> None:
@@ -43,9 +67,7 @@ def check_address_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise AddressInUse(
-                f"cannot listen on {host}:{port} (GUESTBOOK_HOST/GUESTBOOK_PORT): {exc.strerror}"
-            ) from None
+            raise AddressInUse(host, port, exc) from None
 
 
 def serve(settings: Settings, instance: str) -> None:
@@ -59,7 +81,7 @@ def serve(settings: Settings, instance: str) -> None:
         log.info("embedded store started in %s", settings.data_dir)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_run(settings, address, instance, log_handler))
+            runner.run(_run(settings, address, instance, log_handler, embedded))
     finally:
         if embedded is not None:
             embedded.stop()
@@ -79,6 +101,7 @@ async def _run(
     address: StoreAddress,
     instance: str,
     log_handler: BufferedStdoutHandler,
+    embedded: EmbeddedServer | None = None,
 ) -> None:
     app = create_app(settings, address, instance)
     server = Server(
@@ -96,19 +119,41 @@ async def _run(
     loop = asyncio.get_running_loop()
     stopping = False
 
-    def on_signal(signum: int) -> None:
+    def begin_stop(drain: float) -> None:
         nonlocal stopping
         if stopping:
             return
         stopping = True
-        log.info("received %s: stopping", signal.Signals(signum).name)
         state = getattr(app.state, "guestbook", None)
         if state is not None:
             state.shutting_down = True
-        loop.call_later(settings.shutdown_drain, server.stop)
+        loop.call_later(drain, server.stop)
+
+    def on_signal(signum: int) -> None:
+        if not stopping:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+        begin_stop(settings.shutdown_drain)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+
+    lost: list[BaseException] = []
+    supervisor: asyncio.Task[None] | None = None
+    if embedded is not None:
+        supervisor = asyncio.create_task(embedded.supervise(), name="guestbook-embedded-store")
+
+        def on_supervisor_end(task: asyncio.Task[None]) -> None:
+            if task.cancelled():
+                return
+            error = task.exception()
+            if error is None:
+                return
+            lost.append(error)
+            log.error("%s; stopping", error, exc_info=not isinstance(error, StoreLost))
+            # No drain: with the store gone there is nothing to finish serving.
+            begin_stop(0.0)
+
+        supervisor.add_done_callback(on_supervisor_end)
 
     def flush_logs() -> None:
         log_handler.flush_due()
@@ -116,6 +161,14 @@ async def _run(
 
     flush_logs()
     log.info("listening on http://%s:%d", settings.host, settings.port)
-    await server.serve()
+    try:
+        await server.serve()
+    finally:
+        if supervisor is not None and not supervisor.done():
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
     log.info("stopped")
     log_handler.flush()
+    if lost:
+        raise lost[0]

@@ -5,7 +5,8 @@ leader appends atomically and gives each entry a unique, time-ordered id, so con
 writers never overwrite each other; a page is `XREVRANGE … COUNT n`, which costs the same at
 ten entries as at ten million. An entry holds the text (`t`) and, only for imported messages
 whose original time is not their id's, that time in milliseconds (`c`). Imports remember what
-they brought in the set `guestbook:imported`, which makes importing the same file twice a no-op.
+they brought in the set `guestbook:imported` and skip an entry whose id and text the stream
+already holds, so importing the same file twice, or an export into its own guestbook, is a no-op.
 
 Reads go to a follower that answered recently, then to the leader; a server that fails or
 stalls is skipped for a short cool-down, so one hung follower costs one timeout, not one per
@@ -53,15 +54,30 @@ BLOCK_MS = 1000
 T = TypeVar("T")
 Entry = tuple[str, dict[str, str]]
 
-# Append one imported message unless its source key was imported before. It keeps the
+# Append one imported message unless it is already here: its source key was imported before,
+# or the stream holds an entry with its id and its text (an export coming home). It keeps the
 # original id when that id still lies after the newest entry (so an import into an empty
-# guestbook is an exact copy), and otherwise appends with a new id and keeps the time in `c`.
+# guestbook is an exact copy), and otherwise appends with a new id. Either way an original
+# time that is not its id's is kept in `c`, so a message imported once keeps its time through
+# every later export and import. Ids arrive normalised (no leading zeros) and are compared as
+# digit strings: Lua's numbers are doubles, which cannot hold every 64-bit part.
 _IMPORT_SCRIPT = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return false end
-local wanted = ARGV[2]
+local wanted, text, created = ARGV[2], ARGV[3], ARGV[4]
+local function greater(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
 if wanted ~= '' then
-  local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
+  local found = redis.call('XRANGE', KEYS[1], wanted, wanted)
+  if #found > 0 then
+    local fields = found[1][2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' and fields[i + 1] == text then return false end
+    end
+  end
   local last_id = '0-0'
+  local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
   if type(info) == 'table' and info['err'] == nil then
     for i = 1, #info, 2 do
       if info[i] == 'last-generated-id' then last_id = info[i + 1] end
@@ -69,12 +85,14 @@ if wanted ~= '' then
   end
   local wms, wseq = string.match(wanted, '^(%d+)-(%d+)$')
   local lms, lseq = string.match(last_id, '^(%d+)-(%d+)$')
-  wms, wseq, lms, lseq = tonumber(wms), tonumber(wseq), tonumber(lms), tonumber(lseq)
-  if wms > lms or (wms == lms and wseq > lseq) then
-    return redis.call('XADD', KEYS[1], wanted, 't', ARGV[3])
+  if greater(wms, lms) or (wms == lms and greater(wseq, lseq)) then
+    if created == wms then
+      return redis.call('XADD', KEYS[1], wanted, 't', text)
+    end
+    return redis.call('XADD', KEYS[1], wanted, 't', text, 'c', created)
   end
 end
-return redis.call('XADD', KEYS[1], '*', 't', ARGV[3], 'c', ARGV[4])
+return redis.call('XADD', KEYS[1], '*', 't', text, 'c', created)
 """
 
 
@@ -310,7 +328,7 @@ class MessageStore:
     async def import_message(
         self, source_key: str, text: str, created_ms: int, wanted_id: str | None
     ) -> str | None:
-        """Append an imported message once per source key; the new id, or None if seen."""
+        """Append an imported message unless it is here already; the new id, or None."""
 
         async def run(client: Redis) -> Any:
             return await client.eval(
@@ -432,11 +450,19 @@ class MessageStore:
         return [_message(entry) for entry in reversed(entries)]
 
     async def iter_all(self, batch: int = 500) -> Iterable[Message]:
-        """Every message, oldest first, read in batches (for export)."""
+        """Every message, oldest first, read in batches (for export).
+
+        A backup must hold every acknowledged write, so it reads the leader, which has them
+        all; a follower may lag (a post made a moment ago would be missing). Only when the
+        leader cannot answer does it fall back to the usual readers."""
         out: list[Message] = []
         low = "-"
         while True:
-            entries, _ = await self._read(partial(_xrange, low=low, count=batch), "export")
+            fetch = partial(_xrange, low=low, count=batch)
+            try:
+                entries = await self._call(self._leader, fetch, "export")
+            except StoreUnavailable:
+                entries, _ = await self._read(fetch, "export")
             out.extend(_message(entry) for entry in entries)
             if len(entries) < batch:
                 return out
