@@ -17,9 +17,12 @@ from starlette.responses import Response
 
 from .problems import HTTPProblem
 from .state import AppState, remember_write
-from .store import LEGACY_LIMIT
 
 router = APIRouter(tags=["legacy"])
+
+# The most messages `get` returns, newest kept: the old page sends the whole list back with
+# every post, in a query string, so it must stay a size a browser can send.
+LEGACY_LIMIT = 1000
 
 
 async def _legacy(request: Request, cmd: str, value: str | None) -> Response:

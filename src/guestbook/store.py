@@ -43,13 +43,14 @@ STREAM = PREFIX + "messages"
 IMPORTED = PREFIX + "imported"
 MAX_PAGE = 200
 _U64_MAX = 2**64 - 1
-LEGACY_LIMIT = 1000
 # After a failure a server is left alone this long before it is tried again.
 COOL_DOWN = 2.0
 # Connections per server and purpose (plain calls; blocking ones). Beyond that, calls queue.
 POOL_SIZE = 64
-# How long one blocking read for new messages waits before it returns empty.
+# How long one blocking read for new messages waits before it returns empty, and how many
+# messages it takes at most.
 BLOCK_MS = 1000
+WATCH_BATCH = 500
 
 T = TypeVar("T")
 Entry = tuple[str, dict[str, str]]
@@ -106,7 +107,6 @@ class Server:
     # A second pool for blocking reads (XREAD BLOCK), whose socket timeout must outlast them.
     blocking: Redis
     down_until: float = 0.0
-    last_error: str | None = None
 
     @property
     def name(self) -> str:
@@ -126,12 +126,10 @@ class Page:
 @dataclass(frozen=True)
 class ServerStatus:
     url: str
-    role: str
     reachable: bool
     link: str | None = None
     lag_bytes: int | None = None
     lag_seconds: int | None = None
-    error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -230,10 +228,7 @@ class MessageStore:
                 # redis-py may turn our own cancellation into a connection error; it must
                 # stay a cancellation, or the caller would retry instead of stopping.
                 raise asyncio.CancelledError from exc
-            server.down_until = time.monotonic() + COOL_DOWN
-            server.last_error = type(exc).__name__
-            if self.observer is not None:
-                self.observer(name, server.role, server.last_error)
+            self._mark_down(server, name, type(exc).__name__)
             raise StoreUnavailable(f"{server.role} {server.name} did not answer") from exc
         except ResponseError as exc:
             # A server that cannot serve this now: LOADING (restarted, reading its file),
@@ -242,17 +237,26 @@ class MessageStore:
             # so those are told by class. Treated as unavailability: 503, and asked again.
             transient = _transient_error(exc)
             if transient is not None:
-                server.down_until = time.monotonic() + COOL_DOWN
-                server.last_error = transient
-                if self.observer is not None:
-                    self.observer(name, server.role, server.last_error)
+                self._mark_down(server, name, transient)
                 raise StoreUnavailable(f"{server.role} {server.name} cannot serve yet") from exc
             if self.observer is not None:
                 self.observer(name, server.role, "ResponseError")
             raise
         server.down_until = 0.0
-        server.last_error = None
         return result
+
+    def _mark_down(self, server: Server, name: str, error: str) -> None:
+        """Leave `server` alone for the cool-down, and count why."""
+        server.down_until = time.monotonic() + COOL_DOWN
+        if self.observer is not None:
+            self.observer(name, server.role, error)
+
+    async def _write(self, op: Callable[[Redis], Awaitable[T]], name: str, extra: float = 0.0) -> T:
+        """Run a write on the leader; a leader that cannot take it is `LeaderUnavailable`."""
+        try:
+            return await self._call(self._leader, op, name, extra)
+        except StoreUnavailable as exc:
+            raise LeaderUnavailable("the leader cannot take writes right now") from exc
 
     def _readers(self) -> list[Server]:
         """Followers that answered recently (rotating), then the leader, then the rest."""
@@ -267,11 +271,14 @@ class MessageStore:
         order.extend(f for f in self._followers if not f.usable(now))
         return order
 
-    async def _read(self, op: Callable[[Redis], Awaitable[T]], name: str) -> tuple[T, Server]:
+    async def _read(
+        self, op: Callable[[Redis], Awaitable[T]], name: str, extra: float = 0.0
+    ) -> tuple[T, Server]:
+        """Run `op` on the first reader that answers (see `_readers`)."""
         last: StoreUnavailable | None = None
         for server in self._readers():
             try:
-                return await self._call(server, op, name), server
+                return await self._call(server, op, name, extra), server
             except StoreUnavailable as exc:
                 last = exc
         raise StoreUnavailable("no store server could serve the read") from last
@@ -287,10 +294,7 @@ class MessageStore:
             async def add(client: Redis) -> str:
                 return str(await client.xadd(STREAM, {"t": text}))
 
-            try:
-                entry_id = await self._call(self._leader, add, "append")
-            except StoreUnavailable as exc:
-                raise LeaderUnavailable("the leader cannot take writes right now") from exc
+            entry_id = await self._write(add, "append")
             acked = 0
         self._note_write(entry_id)
         if acked < self.write_replicas:
@@ -316,10 +320,7 @@ class MessageStore:
             entry_id, acked = await pipe.execute()
             return str(entry_id), int(acked)
 
-        try:
-            return await self._call(self._leader, add_and_wait, "append", extra=wait_ms / 1000)
-        except StoreUnavailable as exc:
-            raise LeaderUnavailable("the leader cannot take writes right now") from exc
+        return await self._write(add_and_wait, "append", extra=wait_ms / 1000)
 
     def _note_write(self, entry_id: str) -> None:
         if self.last_write_id is None or id_key(entry_id) > id_key(self.last_write_id):
@@ -342,10 +343,7 @@ class MessageStore:
                 str(created_ms),
             )
 
-        try:
-            result = await self._call(self._leader, run, "import")
-        except StoreUnavailable as exc:
-            raise LeaderUnavailable("the leader cannot take writes right now") from exc
+        result = await self._write(run, "import")
         if result is None:
             return None
         self._note_write(str(result))
@@ -410,20 +408,13 @@ class MessageStore:
         Ids are the leader's, the same on every follower, so a watch may move between servers
         without losing or repeating anything.
         """
-        last: StoreUnavailable | None = None
-        for server in self._readers():
 
-            async def block(client: Redis) -> Any:
-                return await client.xread({STREAM: after_id}, count=500, block=BLOCK_MS)
+        async def block(client: Redis) -> Any:
+            return await client.xread({STREAM: after_id}, count=WATCH_BATCH, block=BLOCK_MS)
 
-            try:
-                result = await self._call(server, block, "watch", extra=BLOCK_MS / 1000)
-            except StoreUnavailable as exc:
-                last = exc
-                continue
-            entries: list[Entry] = result[0][1] if result else []
-            return [_message(entry) for entry in entries], server.role
-        raise StoreUnavailable("no store server could serve the watch") from last
+        result, server = await self._read(block, "watch", extra=BLOCK_MS / 1000)
+        entries: list[Entry] = result[0][1] if result else []
+        return [_message(entry) for entry in entries], server.role
 
     async def after(self, after_id: str, count: int = 1000) -> list[Message]:
         """Messages newer than `after_id`, oldest first (for resuming a live feed)."""
@@ -436,7 +427,7 @@ class MessageStore:
         entries, _ = await self._read(fetch, "after")
         return [_message(entry) for entry in entries]
 
-    async def newest_oldest_first(self, limit: int = LEGACY_LIMIT) -> list[Message]:
+    async def newest_oldest_first(self, limit: int) -> list[Message]:
         """The newest `limit` messages in the order they were written (the legacy view)."""
 
         def fetch(client: Redis) -> Awaitable[list[Entry]]:
@@ -484,19 +475,12 @@ class MessageStore:
         """Reachability, replication link and lag of every server, and the message count."""
         leader_info = await self._info(self._leader)
         leader_offset = _int_or_none(leader_info, "master_repl_offset") if leader_info else None
-        leader = ServerStatus(
-            self._leader.name,
-            "leader",
-            leader_info is not None,
-            error=self._leader.last_error,
-        )
+        leader = ServerStatus(self._leader.name, leader_info is not None)
         infos = await asyncio.gather(*(self._info(f) for f in self._followers))
         followers = []
         for server, info in zip(self._followers, infos, strict=True):
             if info is None:
-                followers.append(
-                    ServerStatus(server.name, "follower", False, error=server.last_error)
-                )
+                followers.append(ServerStatus(server.name, False))
                 continue
             offset = _int_or_none(info, "slave_repl_offset")
             lag = (
@@ -507,7 +491,6 @@ class MessageStore:
             followers.append(
                 ServerStatus(
                     server.name,
-                    "follower",
                     True,
                     link=str(info.get("master_link_status", "")) or None,
                     lag_bytes=lag,
