@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from .messages import Message
+from .messages import DEFAULT_PAGE, ID_PATTERN, MAX_PAGE, Message
 from .problems import HTTPProblem
 from .state import AppState, read_json_body, remember_write, wrote_cookie
 
@@ -90,11 +90,11 @@ def encode_page(messages: list[Message], limit: int) -> bytes:
 )
 async def list_messages(
     request: Request,
-    limit: Annotated[int, Query(ge=1, le=200, description="Messages per page")] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Messages per page")] = DEFAULT_PAGE,
     before: Annotated[
         str | None,
         Query(
-            pattern=r"^\d{1,20}-\d{1,20}$",
+            pattern=ID_PATTERN,
             description="Only messages older than this id (the `next` of the previous page)",
         ),
     ] = None,

@@ -20,7 +20,7 @@ from . import __version__
 from .embedded import EmbeddedError, store_url_for
 from .errors import GuestbookError, StoreUnavailable
 from .importing import parse_import
-from .messages import Message, clean_text, parse_id
+from .messages import MAX_PAGE, Message, clean_text, parse_id
 from .settings import LOG_LEVELS, ConfigError, Settings, StoreAddress, discover
 from .store import MessageStore
 
@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         "breaks shown as ⏎. With --json, one JSON object a line, as `guestbook export` "
         "writes them.",
     )
-    listing.add_argument("--limit", type=int, default=20, help="how many (1-200, default 20)")
+    listing.add_argument(
+        "--limit", type=int, default=20, help=f"how many (1-{MAX_PAGE}, default 20)"
+    )
     listing.add_argument("--before", help="only messages older than this id")
     listing.add_argument(
         "--json", action="store_true", help='print JSON lines: {"id", "text", "created_at"}'
@@ -298,7 +300,7 @@ async def cmd_post(ctx: Context, args: argparse.Namespace) -> int:
 async def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     if args.before:
         parse_id(args.before)
-    page = await ctx.store.page(max(1, min(200, args.limit)), args.before)
+    page = await ctx.store.page(max(1, min(MAX_PAGE, args.limit)), args.before)
     for m in page.messages:
         if args.json:
             sys.stdout.write(_json_line(m))

@@ -19,10 +19,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import live
 from .api import messages_body
 from .errors import StoreError
+from .messages import MAX_PAGE, is_id
 from .pages import cached_page
 from .problems import problem_body, store_problem
-from .state import WROTE_COOKIE, AppState, valid_id
-from .store import MAX_PAGE
+from .state import WROTE_COOKIE, AppState
 
 log = logging.getLogger("guestbook")
 
@@ -110,9 +110,10 @@ def _parse_query(raw: bytes) -> tuple[int, str | None] | None:
         if name in seen:
             return None
         seen.add(name)
-        if name == "limit" and value.isdigit() and 1 <= int(value) <= MAX_PAGE:
+        # isascii: str.isdigit admits "²" and other digits int() refuses.
+        if name == "limit" and value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_PAGE:
             limit = int(value)
-        elif name == "before" and valid_id(value):
+        elif name == "before" and is_id(value):
             before = value
         else:
             return None
@@ -123,7 +124,7 @@ def _wrote(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"cookie" and WROTE_COOKIE.encode() in value:
             morsel = SimpleCookie(value.decode("latin-1")).get(WROTE_COOKIE)
-            if morsel is not None and valid_id(morsel.value):
+            if morsel is not None and is_id(morsel.value):
                 return morsel.value
     return None
 

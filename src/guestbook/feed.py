@@ -20,8 +20,8 @@ from collections import deque
 from collections.abc import Callable
 
 from .errors import StoreUnavailable
-from .messages import Message, id_key
-from .store import BLOCK_MS, MAX_PAGE, MessageStore
+from .messages import MAX_PAGE, Message, id_key
+from .store import BLOCK_MS, MessageStore
 
 log = logging.getLogger("guestbook.feed")
 

@@ -13,8 +13,15 @@ from datetime import UTC, datetime
 
 from .errors import InvalidCursor, InvalidMessage
 
-_STREAM_ID = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
+# A stream id: `<milliseconds>-<sequence>`, ASCII digits only (`\d` would admit other
+# scripts' digits, which Redis refuses). The one definition: routes, the fast path, cookies
+# and the store all use it.
+ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+_STREAM_ID = re.compile(r"\A([0-9]{1,20})-([0-9]{1,20})\Z")
 _U64 = 2**64
+# The page sizes the API allows, and its default.
+MAX_PAGE = 200
+DEFAULT_PAGE = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,15 @@ def parse_id(value: str, name: str = "before") -> tuple[int, int]:
     if ms >= _U64 or seq >= _U64:
         raise InvalidCursor(f"'{name}' is out of range.")
     return ms, seq
+
+
+def is_id(value: str) -> bool:
+    """True for a well-formed stream id within range."""
+    try:
+        parse_id(value)
+    except InvalidCursor:
+        return False
+    return True
 
 
 def id_key(value: str) -> tuple[int, int]:

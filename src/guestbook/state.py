@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -14,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .feed import Feed
-from .messages import Message, clean_text
+from .messages import Message, clean_text, is_id
 from .observability import Metrics
 from .problems import HTTPProblem
 from .ratelimit import RateLimiter
@@ -25,7 +24,6 @@ MAX_BODY = 16 * 1024
 WROTE_COOKIE = "gb_wrote"
 # Long enough for any follower to catch up; after that the leader need not be asked.
 WROTE_MAX_AGE = 60
-_ID = re.compile(r"\A\d{1,20}-\d{1,20}\Z")
 
 
 @dataclass
@@ -125,10 +123,6 @@ def remember_write(response: Response, message_id: str) -> None:
     )
 
 
-def valid_id(value: str) -> bool:
-    return _ID.match(value) is not None
-
-
 def wrote_cookie(request: Request) -> str | None:
     value = request.cookies.get(WROTE_COOKIE)
-    return value if value and valid_id(value) else None
+    return value if value and is_id(value) else None

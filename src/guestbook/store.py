@@ -35,13 +35,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import LeaderUnavailable, ReplicationTimeout, StoreUnavailable
-from .messages import Message, id_key, iso_from_ms, parse_id
+from .messages import MAX_PAGE, Message, id_key, iso_from_ms, parse_id
 from .settings import redact_url
 
 PREFIX = "guestbook:"
 STREAM = PREFIX + "messages"
 IMPORTED = PREFIX + "imported"
-MAX_PAGE = 200
 _U64_MAX = 2**64 - 1
 # After a failure a server is left alone this long before it is tried again.
 COOL_DOWN = 2.0
