@@ -28,7 +28,8 @@ from .errors import (
 )
 from .fastpath import ReadFastPath
 from .feed import Feed
-from .observability import Metrics, RequestMiddleware
+from .metrics import Metrics
+from .middleware import RequestMiddleware
 from .problems import HTTPProblem, legacy_error, problem_response, store_problem
 from .ratelimit import RateLimiter
 from .settings import Settings, StoreAddress

@@ -26,7 +26,7 @@ from granian.server.embed import Server
 
 from .app import create_app
 from .embedded import EmbeddedServer, StoreLost
-from .observability import BufferedStdoutHandler, configure_logging
+from .logs import BufferedStdoutHandler, configure_logging
 from .settings import Settings, StoreAddress, discover
 
 log = logging.getLogger("guestbook")

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from .feed import Feed
 from .messages import Message, clean_text, is_id
-from .observability import Metrics
+from .metrics import Metrics
 from .problems import HTTPProblem
 from .ratelimit import RateLimiter
 from .settings import Settings

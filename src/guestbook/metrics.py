@@ -1,0 +1,72 @@
+"""The Prometheus metrics of one app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The Prometheus metrics of one app; a registry of its own, so two apps never clash."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "guestbook_http_requests",
+            "HTTP requests answered, by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "guestbook_http_request_duration_seconds",
+            "Time from request to the end of the response",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.store_calls = Counter(
+            "guestbook_store_calls",
+            "Store operations, by operation and server role",
+            ["operation", "role"],
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "guestbook_store_errors",
+            "Store operations that failed, by operation and error",
+            ["operation", "error"],
+            registry=self.registry,
+        )
+        self.messages_posted = Counter(
+            "guestbook_messages_posted", "Messages accepted", registry=self.registry
+        )
+        self.live_clients = Gauge(
+            "guestbook_live_clients", "Connected live-feed clients", registry=self.registry
+        )
+        page_cache = Counter(
+            "guestbook_page_cache",
+            "First-page reads served from the live head cache (hit) or the store (miss)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.page_cache_hit = page_cache.labels("hit")
+        self.page_cache_miss = page_cache.labels("miss")
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_store_call(self, operation: str, role: str, error: str | None) -> None:
+        if error is None:
+            self.store_calls.labels(operation, role).inc()
+        else:
+            self.store_errors.labels(operation, error).inc()
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        # Looking a labelled child up costs more than using it: keep them.
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
