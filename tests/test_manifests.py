@@ -1,11 +1,12 @@
 """The Kubernetes manifests and the compose file, read as data: the contract they must keep.
 
 Pure-Python checks of deploy/kubernetes (names, labels, selectors, the tutorial's label
-queries, ports, probes, security), then the offline tools CI installs: `kubectl kustomize`
-renders every kustomization, `kubernetes-validate --strict` checks the result against the
-Kubernetes 1.30 and 1.37 schemas, and checkov scans the manifests and the Dockerfile. A tool
-that is not installed skips its test, saying which and how to get it (under CI=true the skip
-fails the run: see conftest.py).
+queries, ports, probes, security), the production and HA overlays as rendered, the HA
+overlay's start scripts run against stand-in servers, then the offline tools CI installs:
+`kubectl kustomize` renders every kustomization, `kubernetes-validate --strict` checks the
+result against the Kubernetes 1.30 and 1.37 schemas, and checkov scans the manifests and the
+Dockerfile. A tool that is not installed skips its test, saying which and how to get it (under
+CI=true the skip fails the run: see conftest.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 KUBE = ROOT / "deploy" / "kubernetes"
 BASE = KUBE / "base"
 PRODUCTION = KUBE / "overlays" / "production"
-KUSTOMIZATIONS = [KUBE, BASE, PRODUCTION]
+HA = KUBE / "overlays" / "ha"
+HA_SCRIPTS = HA / "redis-ha"
+KUSTOMIZATIONS = [KUBE, BASE, PRODUCTION, HA]
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
 INSTALL_HINT = "scripts/ci/install-container-tools.sh installs it"
 
@@ -44,6 +47,14 @@ TUTORIAL_LABELS = {
     "redis-follower": {"app": "redis", "role": "follower", "tier": "backend"},
     "frontend": {"app": "guestbook", "tier": "frontend"},
 }
+# The HA overlay adds the sentinels, and its configuration that every Redis pod mounts.
+HA_LABELS = {
+    **TUTORIAL_LABELS,
+    "redis-sentinel": {"app": "redis", "role": "sentinel", "tier": "backend"},
+    "redis-ha": {"app": "redis", "tier": "backend"},
+}
+WORKLOADS = ("Deployment", "StatefulSet")
+PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
 
 Object = dict[str, Any]
 
@@ -118,7 +129,7 @@ def kubectl_select(objects: Iterable[Object], kind: str, *queries: str) -> set[s
             return {
                 o["metadata"]["name"]
                 for o in objects
-                if o["kind"] == "Deployment"
+                if o["kind"] in WORKLOADS
                 and matches(selector, pod_template(o)["metadata"]["labels"])
             }
         return {
@@ -352,33 +363,50 @@ def test_followers_replicate_the_leader_service() -> None:
 # --- Pod Security "restricted", resources, termination ------------------------------------
 
 
+def assert_pod_security_restricted(workload: Object) -> None:
+    """Pod Security "restricted", and requests and limits for CPU and memory."""
+    name = workload["metadata"]["name"]
+    pod = pod_template(workload)["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True, name
+    assert pod["securityContext"]["runAsUser"] >= 10000, name
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+    assert pod["automountServiceAccountToken"] is False, name
+    container = only_container(workload)
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False, name
+    assert security["readOnlyRootFilesystem"] is True, name
+    assert security["capabilities"] == {"drop": ["ALL"]}, name
+    assert {"cpu", "memory"} <= container["resources"]["requests"].keys(), name
+    assert {"cpu", "memory"} <= container["resources"]["limits"].keys(), name
+
+
+def assert_tutorial_requests_and_a_prestop_wait(workload: Object) -> None:
+    pod = pod_template(workload)["spec"]
+    container = only_container(workload)
+    assert container["resources"]["requests"] == {"cpu": "100m", "memory": "100Mi"}
+    assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] > int(
+        container["lifecycle"]["preStop"]["exec"]["command"][1]
+    )
+
+
 def test_every_pod_meets_pod_security_restricted_with_requests_limits_and_a_prestop_wait() -> None:
     for deployment in (o for o in base_objects() if o["kind"] == "Deployment"):
-        pod = pod_template(deployment)["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["securityContext"]["runAsUser"] >= 10000
-        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert pod["automountServiceAccountToken"] is False
-        container = only_container(deployment)
-        security = container["securityContext"]
-        assert security["allowPrivilegeEscalation"] is False
-        assert security["readOnlyRootFilesystem"] is True
-        assert security["capabilities"] == {"drop": ["ALL"]}
-        assert container["resources"]["requests"] == {"cpu": "100m", "memory": "100Mi"}
-        assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
-        assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
-        assert pod["terminationGracePeriodSeconds"] > int(
-            container["lifecycle"]["preStop"]["exec"]["command"][1]
-        )
+        assert_pod_security_restricted(deployment)
+        assert_tutorial_requests_and_a_prestop_wait(deployment)
 
 
-def test_checkov_skips_carry_a_reason() -> None:
-    for obj in base_objects():
+def assert_checkov_skips_carry_a_reason(objects: Iterable[Object]) -> None:
+    for obj in objects:
         for key, value in obj["metadata"].get("annotations", {}).items():
             if key.startswith("checkov.io/skip"):
                 check, _, reason = value.partition("=")
                 assert re.fullmatch(r"CKV2?_K8S_\d+", check), value
                 assert len(reason) > 20, f"{obj['metadata']['name']}: {value}"
+
+
+def test_checkov_skips_carry_a_reason() -> None:
+    assert_checkov_skips_carry_a_reason(base_objects())
 
 
 # --- compose.yaml ------------------------------------------------------------------------
@@ -479,6 +507,283 @@ def test_production_network_policies_let_only_the_right_pods_reach_redis() -> No
     assert "frontend" in frontend
 
 
+# --- the HA overlay, rendered ---------------------------------------------------------------
+
+
+@cache
+def ha_objects() -> tuple[Object, ...]:
+    return tuple(load_all(render(HA)))
+
+
+def ha_owner(obj: Object) -> str:
+    """Which HA_LABELS entry an object belongs to (a headless Service, a claim, a budget)."""
+    if obj["kind"] == "ConfigMap":
+        return "redis-ha"
+    name: str = obj["metadata"]["name"]
+    return name.removesuffix("-headless").removesuffix("-data")
+
+
+def ha_workloads() -> list[Object]:
+    return [o for o in ha_objects() if o["kind"] in WORKLOADS]
+
+
+def ha_file(name: str) -> str:
+    """A file of the redis-ha ConfigMap, as the pods get it."""
+    (config_map,) = [o for o in ha_objects() if o["kind"] == "ConfigMap"]
+    assert config_map["metadata"]["name"].startswith("redis-ha-"), "name carries a content hash"
+    text: str = config_map["data"][name]
+    return text
+
+
+def directives(conf: str) -> list[list[str]]:
+    """A Redis-style configuration file as its directives, comments and blank lines dropped."""
+    return [line.split() for line in conf.splitlines() if line.strip() and line[0] != "#"]
+
+
+def sentinel_setting(name: str) -> list[str]:
+    """The arguments of `sentinel NAME guestbook ...` (or `sentinel NAME ...`)."""
+    (found,) = [d[2:] for d in directives(ha_file("sentinel.conf")) if d[:2] == ["sentinel", name]]
+    return found
+
+
+def pod_addresses(statefulset: Object) -> list[str]:
+    """The stable DNS names of a StatefulSet's pods within the namespace: POD.SERVICE."""
+    spec = statefulset["spec"]
+    name = statefulset["metadata"]["name"]
+    return [f"{name}-{i}.{spec['serviceName']}" for i in range(spec["replicas"])]
+
+
+def topology(variable: str) -> str:
+    """A variable that discover.sh sets (the addresses the start scripts ask)."""
+    text = (HA_SCRIPTS / "discover.sh").read_text()
+    found = re.search(rf'^{variable}="?([^"\n]*)"?$', text, flags=re.M)
+    assert found, variable
+    return found.group(1)
+
+
+def test_ha_overlay_builds_on_base_and_turns_the_redis_deployments_into_stateful_sets() -> None:
+    kustomization = yaml.safe_load((HA / "kustomization.yaml").read_text())
+    assert "../../base" in kustomization["resources"]
+    objects = ha_objects()
+
+    assert {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"} == {"frontend"}
+    assert {o["metadata"]["name"] for o in objects if o["kind"] == "StatefulSet"} == {
+        "redis-leader",
+        "redis-follower",
+        "redis-sentinel",
+    }
+    base_image = only_container(get(base_objects(), "Deployment", "redis-leader"))["image"]
+    assert {only_container(s)["image"] for s in ha_workloads() if s["kind"] == "StatefulSet"} == {
+        base_image
+    }
+
+    leader = get(objects, "StatefulSet", "redis-leader")
+    assert leader["spec"]["replicas"] == 1
+    args = only_container(leader)["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendfsync") + 1] == "always"
+    (data,) = [v for v in pod_template(leader)["spec"]["volumes"] if v["name"] == "data"]
+    claim = get(objects, "PersistentVolumeClaim", data["persistentVolumeClaim"]["claimName"])
+    assert claim["metadata"]["name"] == "redis-leader-data"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "volumeClaimTemplates" not in leader["spec"], "the base's claim, so data carries over"
+
+    assert get(objects, "StatefulSet", "redis-follower")["spec"]["replicas"] >= 2
+
+
+def test_ha_objects_carry_the_tutorials_labels_and_selectors_pick_exactly_their_own_pods() -> None:
+    objects = ha_objects()
+    workloads = ha_workloads()
+    for obj in objects:
+        expected = HA_LABELS[ha_owner(obj)]
+        labels = obj["metadata"]["labels"]
+        assert expected.items() <= labels.items(), obj["metadata"]["name"]
+        assert labels["app.kubernetes.io/part-of"] == "guestbook"
+        assert {"app.kubernetes.io/name", "app.kubernetes.io/component"} <= labels.keys()
+        if obj["kind"] in WORKLOADS:
+            assert labels == pod_template(obj)["metadata"]["labels"]
+            assert obj["spec"]["selector"]["matchLabels"] == expected
+
+    def selected_by(selector: Mapping[str, str]) -> set[str]:
+        return {
+            w["metadata"]["name"]
+            for w in workloads
+            if matches(selector, pod_template(w)["metadata"]["labels"])
+        }
+
+    for workload in workloads:
+        name = workload["metadata"]["name"]
+        assert selected_by(workload["spec"]["selector"]["matchLabels"]) == {name}
+    for service in (o for o in objects if o["kind"] == "Service"):
+        assert selected_by(service["spec"]["selector"]) == {ha_owner(service)}, service
+    for budget in (o for o in objects if o["kind"] == "PodDisruptionBudget"):
+        assert selected_by(budget["spec"]["selector"]["matchLabels"]) == {ha_owner(budget)}
+
+
+def test_ha_tutorial_label_queries_still_select_what_they_say() -> None:
+    objects = ha_objects()
+    redis = {"redis-leader", "redis-follower", "redis-sentinel"}
+
+    assert kubectl_select(objects, "Pod", "app=guestbook", "tier=frontend") == {"frontend"}
+    assert kubectl_select(objects, "Pod", "app=redis") == redis
+    assert kubectl_select(objects, "Pod", "app=redis,role=sentinel,tier=backend") == {
+        "redis-sentinel"
+    }
+    # `kubectl delete deployment -l app=redis` becomes `delete statefulset -l app=redis`.
+    assert kubectl_select(objects, "StatefulSet", "app=redis") == redis
+    assert kubectl_select(objects, "Deployment", "app=redis") == set()
+    assert kubectl_select(objects, "Deployment", "app=guestbook") == {"frontend"}
+    assert kubectl_select(objects, "Service", "app=guestbook") == {"frontend"}
+    assert kubectl_select(objects, "Service", "app=redis") == {
+        "redis-leader",
+        "redis-leader-headless",
+        "redis-follower",
+        "redis-follower-headless",
+        "redis-sentinel",
+    }
+    assert kubectl_select(objects, "PersistentVolumeClaim", "app=redis") == {"redis-leader-data"}
+
+
+def test_ha_pods_meet_pod_security_restricted_and_skip_checkov_checks_with_a_reason() -> None:
+    for workload in ha_workloads():
+        assert_pod_security_restricted(workload)
+        if workload["metadata"]["name"] in TUTORIAL_LABELS:
+            assert_tutorial_requests_and_a_prestop_wait(workload)
+    assert_checkov_skips_carry_a_reason(ha_objects())
+
+
+def test_ha_servers_are_probed_by_ping_and_port() -> None:
+    for name, port in [
+        ("redis-leader", "redis"),
+        ("redis-follower", "redis"),
+        ("redis-sentinel", "sentinel"),
+    ]:
+        container = only_container(get(ha_objects(), "StatefulSet", name))
+        assert "ping" in " ".join(container["readinessProbe"]["exec"]["command"]), name
+        assert container["livenessProbe"]["tcpSocket"]["port"] == port, name
+    sentinel = only_container(get(ha_objects(), "StatefulSet", "redis-sentinel"))
+    assert "-p 26379" in " ".join(sentinel["readinessProbe"]["exec"]["command"])
+
+
+def test_ha_runs_three_sentinels_spread_by_anti_affinity_and_kept_at_two_by_a_budget() -> None:
+    objects = ha_objects()
+    sentinels = get(objects, "StatefulSet", "redis-sentinel")
+    assert sentinels["spec"]["replicas"] == 3
+    sentinel_labels = HA_LABELS["redis-sentinel"]
+
+    anti = pod_template(sentinels)["spec"]["affinity"]["podAntiAffinity"]
+    terms = [
+        *anti.get("requiredDuringSchedulingIgnoredDuringExecution", []),
+        *(p["podAffinityTerm"] for p in anti.get(PREFERRED, [])),
+    ]
+    assert any(
+        t["topologyKey"] == "kubernetes.io/hostname"
+        and matches(t["labelSelector"]["matchLabels"], sentinel_labels)
+        for t in terms
+    )
+
+    budget = get(objects, "PodDisruptionBudget", "redis-sentinel")
+    assert budget["spec"]["minAvailable"] == 2
+    assert budget["spec"]["selector"]["matchLabels"] == sentinel_labels
+    followers = get(objects, "PodDisruptionBudget", "redis-follower")
+    assert followers["spec"]["maxUnavailable"] == 1
+
+    for name in ("redis-leader", "redis-follower"):
+        spec = pod_template(get(objects, "StatefulSet", name))["spec"]
+        (term,) = spec["affinity"]["podAntiAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_ha_sentinels_call_a_leader_down_within_five_seconds_and_need_two_to_fail_it_over() -> None:
+    settings = directives(ha_file("sentinel.conf"))
+    assert ["port", "26379"] in settings
+    names = [d[:2] for d in settings]
+    assert names.index(["sentinel", "resolve-hostnames"]) < names.index(["sentinel", "monitor"])
+    assert sentinel_setting("resolve-hostnames") == ["yes"]
+    assert sentinel_setting("announce-hostnames") == ["yes"]
+
+    service, host, port, quorum = sentinel_setting("monitor")
+    leader = get(ha_objects(), "StatefulSet", "redis-leader")
+    assert (service, host, port) == ("guestbook", pod_addresses(leader)[0], "6379")
+    sentinels = get(ha_objects(), "StatefulSet", "redis-sentinel")["spec"]["replicas"]
+    assert int(quorum) == sentinels // 2 + 1, "a majority: one cut-off sentinel promotes no one"
+
+    (name, down_after) = sentinel_setting("down-after-milliseconds")
+    assert name == "guestbook"
+    assert 1000 <= int(down_after) <= 5000
+    (name, failover_timeout) = sentinel_setting("failover-timeout")
+    assert name == "guestbook"
+    assert int(down_after) < int(failover_timeout) <= 30000
+    assert sentinel_setting("parallel-syncs") == ["guestbook", "1"]
+
+
+def test_ha_leader_and_followers_refuse_writes_without_a_follower_in_step() -> None:
+    settings = {d[0]: d[1:] for d in directives(ha_file("redis.conf"))}
+    assert int(settings["min-replicas-to-write"][0]) >= 1
+    assert 1 <= int(settings["min-replicas-max-lag"][0]) <= 10
+    assert settings["dir"] == ["/data"]
+    assert '"$here/redis.conf"' in ha_file("redis.sh"), "redis.sh starts the server with it"
+    for name in ("redis-leader", "redis-follower"):
+        container = only_container(get(ha_objects(), "StatefulSet", name))
+        assert container["command"] == ["sh", "/etc/redis-ha/redis.sh"], name
+
+
+def test_ha_frontend_asks_the_sentinels_by_their_dns_names_and_waits_for_one_follower() -> None:
+    objects = ha_objects()
+    env = {
+        e["name"]: e.get("value")
+        for e in only_container(get(objects, "Deployment", "frontend"))["env"]
+    }
+    sentinels = get(objects, "StatefulSet", "redis-sentinel")
+    assert env["GUESTBOOK_SENTINELS"].split(",") == [
+        f"{address}:26379" for address in pod_addresses(sentinels)
+    ]
+    assert env["GUESTBOOK_SENTINEL_SERVICE"] == sentinel_setting("monitor")[0] == "guestbook"
+    assert env["GUESTBOOK_WRITE_REPLICAS"] == "1"
+    assert not {"GET_HOSTS_FROM", "GUESTBOOK_REDIS_LEADER_URL"} & env.keys()
+
+    service = get(objects, "Service", sentinels["spec"]["serviceName"])
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 26379
+    assert container_port(sentinels, port["targetPort"]) == 26379
+
+
+def test_ha_every_redis_pod_has_a_dns_name_published_before_it_is_ready() -> None:
+    objects = ha_objects()
+    addresses: dict[str, list[str]] = {}
+    for statefulset in (o for o in objects if o["kind"] == "StatefulSet"):
+        name = statefulset["metadata"]["name"]
+        service = get(objects, "Service", statefulset["spec"]["serviceName"])
+        assert service["spec"]["clusterIP"] == "None", name
+        assert service["spec"]["publishNotReadyAddresses"] is True, name
+        assert ha_owner(service) == name
+        addresses[name] = pod_addresses(statefulset)
+
+        pod = pod_template(statefulset)["spec"]
+        container = only_container(statefulset)
+        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+        assert env["POD_NAME"] == "metadata.name"
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "redis-ha"]
+        assert mount["mountPath"] == "/etc/redis-ha"
+        assert mount["readOnly"] is True
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "redis-ha"]
+        assert volume["configMap"]["name"].startswith("redis-ha-")
+        script = container["command"][1].removeprefix("/etc/redis-ha/")
+        assert ha_file(script) == (HA_SCRIPTS / script).read_text()
+    for name in ("redis-leader", "redis-follower"):
+        container = only_container(get(objects, "StatefulSet", name))
+        roles = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+        assert roles["ROLE"] == "metadata.labels['role']"
+
+    # The start scripts ask exactly these pods, and the sentinels first monitor redis-leader-0.
+    assert topology("NODES").split() == addresses["redis-leader"] + addresses["redis-follower"]
+    assert topology("SENTINELS").split() == addresses["redis-sentinel"]
+    assert topology("INITIAL_LEADER") == addresses["redis-leader"][0]
+    assert topology("MASTER_NAME") == "guestbook"
+
+
 # --- offline tools: kustomize, kubernetes-validate, checkov -------------------------------
 
 
@@ -512,7 +817,7 @@ def test_each_base_file_validates_on_its_own_for_kubectl_apply_f(version: str) -
 def test_checkov_passes_on_the_rendered_manifests_and_the_dockerfile(tmp_path: Path) -> None:
     checkov = require("checkov")
     files = []
-    for directory in (BASE, PRODUCTION):
+    for directory in (BASE, PRODUCTION, HA):
         rendered = tmp_path / f"{directory.name}.yaml"
         rendered.write_text(render(directory))
         files += ["--file", str(rendered)]
