@@ -1,8 +1,8 @@
 """The Kubernetes manifests and the compose file, read as data: the contract they must keep.
 
 Pure-Python checks of deploy/kubernetes (names, labels, selectors, the tutorial's label
-queries, ports, probes, security), the production and HA overlays as rendered, the HA
-overlay's start scripts run against stand-in servers, then the offline tools CI installs:
+queries, ports, probes, security), the production and HA overlays as rendered, then the
+offline tools CI installs:
 `kubectl kustomize` renders every kustomization, `kubernetes-validate --strict` checks the
 result against the Kubernetes 1.30 and 1.37 schemas, and checkov scans the manifests and the
 Dockerfile. A tool that is not installed skips its test, saying which and how to get it (under
