@@ -2,12 +2,19 @@
 
 GuestbookError
 ├── InvalidMessage       the text is empty, too long or has forbidden characters (422)
-├── InvalidCursor        a paging id that is not a stream id (400)
+├── InvalidCursor        a paging id or message id that is not a stream id (400)
+├── InvalidPattern       a block-list pattern that is empty or too long (refused before any call)
+├── IdempotencyConflict  an Idempotency-Key already used for a different text (422)
+├── RateLimited          too many posts from one client in the last minute; carries
+│                        `retry_after`, whole seconds until the next one is taken (429)
 └── StoreError
     ├── StoreUnavailable     no server could answer: connection refused, reset or timed out (503)
     │   └── LeaderUnavailable    the leader is down or hung, so writes cannot be taken (503)
     └── ReplicationTimeout   the leader took the write, but fewer followers than
                              GUESTBOOK_WRITE_REPLICAS confirmed it in time (503)
+
+An unknown message or held-post id is not an error of the store: the call answers None, and
+the caller says 404.
 """
 
 from __future__ import annotations
@@ -23,6 +30,22 @@ class InvalidMessage(GuestbookError):
 
 class InvalidCursor(GuestbookError):
     """A `before`/`after` id that is not of the form `<milliseconds>-<sequence>`."""
+
+
+class InvalidPattern(GuestbookError):
+    """A block-list pattern that cannot be used; the message says why."""
+
+
+class IdempotencyConflict(GuestbookError):
+    """The Idempotency-Key was first used for another text: a client bug, not a retry."""
+
+
+class RateLimited(GuestbookError):
+    """The client posted its limit within the last minute; nothing was stored."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many posts; the next one is taken in {retry_after} s")
+        self.retry_after = retry_after
 
 
 class StoreError(GuestbookError):

@@ -13,6 +13,14 @@ stalls is skipped for a short cool-down, so one hung follower costs one timeout,
 request. A read that must include a given id (the reader's own write) goes to the leader when
 the follower has not caught up.
 
+Posting goes through one script on the leader (`submit`): in one round trip it replays the
+answer of an earlier post with the same idempotency key, applies the per-client rate limit
+(a sliding minute in `guestbook:rate:<client>`, shared by every frontend), notices the same
+text from the same client within ten minutes, and then either appends to the stream or holds
+the post in `guestbook:held` for a moderator, with an audit entry. Removals, the queue, the
+audit log and the block list are in `moderation.py`, on the keys named here; every key the
+guestbook uses is one of these, under `guestbook:`.
+
 This module knows nothing of HTTP or the command line.
 """
 
@@ -20,12 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -34,13 +44,43 @@ from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, Respon
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import LeaderUnavailable, ReplicationTimeout, StoreUnavailable
-from .messages import MAX_PAGE, Message, id_key, iso_from_ms, parse_id
+from .errors import (
+    IdempotencyConflict,
+    LeaderUnavailable,
+    RateLimited,
+    ReplicationTimeout,
+    StoreUnavailable,
+)
+from .messages import MAX_PAGE, Message, id_key, is_id, iso_from_ms, parse_id
 from .settings import redact_url
 
 PREFIX = "guestbook:"
 STREAM = PREFIX + "messages"
 IMPORTED = PREFIX + "imported"
+# Posts waiting for a moderator: {t: text, reason, client, c: created ms}; the id is the one
+# the poster's 202 names.
+HELD = PREFIX + "held"
+# One record {id} per removal, read by every frontend's feed beside the messages stream.
+REMOVED = PREFIX + "removed"
+# Every removed id, for good: an import of an older export must not bring one back.
+REMOVED_IDS = PREFIX + "removed-ids"
+# {action, id, by, reason, text}; the entry's own id is when it happened.
+AUDIT = PREFIX + "audit"
+BLOCKED = PREFIX + "blocked"
+RATE_PREFIX = PREFIX + "rate:"
+DUPLICATE_PREFIX = PREFIX + "dup:"
+IDEMPOTENCY_PREFIX = PREFIX + "idem:"
+# Approximate caps (MAXLEN ~): the removal records only serve feeds and resuming clients, the
+# audit keeps the latest hundred thousand decisions.
+REMOVED_MAXLEN = 10_000
+AUDIT_MAXLEN = 100_000
+RATE_WINDOW_MS = 60_000
+DUPLICATE_WINDOW_MS = 600_000
+IDEMPOTENCY_TTL = 86_400
+# Why a post is held. The caller decides all but `duplicate`, which only the store can see.
+HOLD_REASONS = ("pre-moderation", "links", "blocked-pattern", "honeypot", "duplicate")
+# Who holds a post that the guestbook's own rules sent to the queue, in the audit.
+SYSTEM_ACTOR = "guestbook"
 _U64_MAX = 2**64 - 1
 # After a failure a server is left alone this long before it is tried again.
 COOL_DOWN = 2.0
@@ -60,10 +100,12 @@ Entry = tuple[str, dict[str, str]]
 # guestbook is an exact copy), and otherwise appends with a new id. Either way an original
 # time that is not its id's is kept in `c`, so a message imported once keeps its time through
 # every later export and import. Ids arrive normalised (no leading zeros) and are compared as
-# digit strings: Lua's numbers are doubles, which cannot hold every 64-bit part.
+# digit strings: Lua's numbers are doubles, which cannot hold every 64-bit part. A message a
+# moderator removed stays removed: an export taken before the removal brings nothing back.
 _IMPORT_SCRIPT = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return false end
 local wanted, text, created = ARGV[2], ARGV[3], ARGV[4]
+if wanted ~= '' and redis.call('SISMEMBER', KEYS[3], wanted) == 1 then return false end
 local function greater(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
@@ -95,6 +137,67 @@ end
 return redis.call('XADD', KEYS[1], '*', 't', text, 'c', created)
 """
 
+# One post, whole, in the order the checks must run (see `MessageStore.submit`):
+# 1. a post with this idempotency key was taken: answer what it was answered, store nothing;
+# 2. the client's sliding minute is full: refuse, saying in how many ms a slot frees;
+# 3. the same text from the same client within ten minutes is held as a duplicate (a caller's
+#    spam reason says more and is kept; pre-moderation would hold it anyway and says less);
+# 4. held: into the queue, with an audit entry; else appended to the stream.
+# Time is the server's (TIME; scripts replicate their effects, so followers get the writes,
+# not the clock), so frontends with skewed clocks share one window. Numbers that become
+# stream fields or scores are built as strings: Lua's tostring would print a double.
+_SUBMIT_SCRIPT = """
+local text, client, reason = ARGV[1], ARGV[2], ARGV[3]
+local limit, window = tonumber(ARGV[4]), tonumber(ARGV[7])
+local idempotent = ARGV[5] == '1'
+if idempotent then
+  local done = redis.call('HMGET', KEYS[4], 's', 'id', 'h', 'r', 'c')
+  if done[1] then
+    if done[3] ~= ARGV[6] then return {'conflict'} end
+    -- A write of its own: WAIT (after this script, on this connection) then counts followers
+    -- that have everything up to now, the original post included, not some older write.
+    redis.call('HINCRBY', KEYS[4], 'n', 1)
+    return {done[1], done[2], done[4], '1', done[5]}
+  end
+end
+local now = redis.call('TIME')
+local ms = math.floor(tonumber(now[2]) / 1000)
+local now_ms = tonumber(now[1]) * 1000 + ms
+local created = now[1] .. string.format('%03d', ms)
+if limit > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms - window)
+  local used = redis.call('ZCARD', KEYS[5])
+  if used >= limit then
+    -- The slot that frees first is the one whose leaving takes the count below the limit.
+    local due = redis.call('ZRANGE', KEYS[5], used - limit, used - limit, 'WITHSCORES')
+    return {'rate', tostring(tonumber(due[2]) + window - now_ms)}
+  end
+end
+local seen = redis.call('SET', KEYS[6], '1', 'PX', ARGV[8], 'GET')
+if seen and (reason == '' or reason == 'pre-moderation') then reason = 'duplicate' end
+local status, id
+if reason == '' then
+  status = 'published'
+  id = redis.call('XADD', KEYS[1], '*', 't', text)
+else
+  status = 'held'
+  id = redis.call('XADD', KEYS[2], '*', 't', text, 'reason', reason, 'client', client,
+    'c', created)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*', 'action', 'hold', 'id', id,
+    'by', ARGV[11], 'reason', reason, 'text', text)
+end
+if limit > 0 then
+  -- Prefixed: a held and a published post may get the same id string in the same ms.
+  redis.call('ZADD', KEYS[5], created, status .. ':' .. id)
+  redis.call('PEXPIRE', KEYS[5], window)
+end
+if idempotent then
+  redis.call('HSET', KEYS[4], 's', status, 'id', id, 'h', ARGV[6], 'r', reason, 'c', created)
+  redis.call('EXPIRE', KEYS[4], ARGV[9])
+end
+return {status, id, reason, '0', created}
+"""
+
 
 @dataclass
 class Server:
@@ -119,6 +222,41 @@ class Server:
 class Page:
     messages: list[Message]
     next: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class PostResult:
+    """What became of a post: `published` (on the page) or `held` (in the queue, `reason`
+    saying why). `message.id` is the message's id, or the held post's, which `approve` and the
+    poster's own view take. `replayed`: an earlier post with the same idempotency key was
+    answered this, and nothing new was stored."""
+
+    status: Literal["published", "held"]
+    message: Message
+    reason: str | None = None
+    replayed: bool = False
+
+    @property
+    def held(self) -> bool:
+        return self.status == "held"
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A removal record: `record_id` is when (an id of `guestbook:removed`), `message_id` what."""
+
+    record_id: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What `watch_changes` saw: new messages (oldest first), new removal records, the role of
+    the server read."""
+
+    messages: list[Message]
+    removals: list[Removal]
     source: str
 
 
@@ -282,6 +420,31 @@ class MessageStore:
                 last = exc
         raise StoreUnavailable("no store server could serve the read") from last
 
+    # The same wrappers for modules beside this one (moderation.py): their calls then get the
+    # deadline, the cool-down, the error mapping and the observer as the store's own do.
+
+    async def on_leader(
+        self, op: Callable[[Redis], Awaitable[T]], name: str, extra: float = 0.0
+    ) -> T:
+        """Run a write on the leader (`LeaderUnavailable` when it cannot take it)."""
+        return await self._write(op, name, extra)
+
+    async def on_reader(
+        self, op: Callable[[Redis], Awaitable[T]], name: str, extra: float = 0.0
+    ) -> tuple[T, str]:
+        """Run a read on the first reader that answers; the result and that server's role."""
+        result, server = await self._read(op, name, extra)
+        return result, server.role
+
+    async def leader_first(self, op: Callable[[Redis], Awaitable[T]], name: str) -> T:
+        """Run a read on the leader, which has every acknowledged write, or on the usual
+        readers when it cannot answer: for rare reads that must show what was just done."""
+        try:
+            return await self._call(self._leader, op, name)
+        except StoreUnavailable:
+            result, _ = await self._read(op, name)
+            return result
+
     # --- writes ------------------------------------------------------------------------------
 
     async def append(self, text: str) -> Message:
@@ -310,16 +473,105 @@ class MessageStore:
         WAIT blocks on the server for up to wait_ms by design, so the call gets that long on
         top of the usual timeout, on the pool whose sockets allow blocking commands.
         """
+        entry_id, acked = await self._write_and_wait(
+            lambda pipe: pipe.xadd(STREAM, {"t": text}), "append"
+        )
+        return str(entry_id), acked
+
+    async def _write_and_wait(self, queue: Callable[[Any], object], name: str) -> tuple[Any, int]:
+        """One write, queued by `queue` on a pipeline, then WAIT, in one round trip (see
+        `_append_and_wait`); the write's reply and the number of followers that confirmed."""
         wait_ms = max(1, int(self.timeout * 1000 * 0.8))
 
-        async def add_and_wait(client: Redis) -> tuple[str, int]:
+        async def write_and_wait(client: Redis) -> tuple[Any, int]:
             pipe = client.pipeline(transaction=False)
-            pipe.xadd(STREAM, {"t": text})
+            queue(pipe)
             pipe.wait(self.write_replicas, wait_ms)
-            entry_id, acked = await pipe.execute()
-            return str(entry_id), int(acked)
+            reply, acked = await pipe.execute()
+            return reply, int(acked)
 
-        return await self._write(add_and_wait, "append", extra=wait_ms / 1000)
+        return await self._write(write_and_wait, name, extra=wait_ms / 1000)
+
+    async def submit(
+        self,
+        text: str,
+        client: str,
+        *,
+        hold_reason: str | None = None,
+        rate_limit: int = 0,
+        idempotency_key: str | None = None,
+    ) -> PostResult:
+        """Post `text` (already cleaned) from `client`, in one round trip to the leader.
+
+        `hold_reason` is the caller's verdict (pre-moderation, links, blocked-pattern,
+        honeypot); the store adds `duplicate`. `rate_limit` posts per minute per client, counted
+        across every frontend (0: no limit); over it, `RateLimited` and nothing stored. With an
+        `idempotency_key`, a retry within 24 h gets the first answer and stores nothing, even
+        when the first one failed after the write (a WAIT shortfall, a lost answer); the same
+        key with another text is `IdempotencyConflict`. With write_replicas, the answer waits
+        for the followers as `append` does, and a shortfall is `ReplicationTimeout` — the post
+        is stored, and a retry with the same key says so.
+        """
+        if hold_reason is not None and hold_reason not in HOLD_REASONS:
+            raise ValueError(f"unknown hold reason {hold_reason!r}")
+        keys = (
+            STREAM,
+            HELD,
+            AUDIT,
+            # Without a key the script never touches KEYS[4]; it is named, as every key is.
+            idempotency_key_name(idempotency_key or ""),
+            rate_key(client),
+            duplicate_key(client, text),
+        )
+        args = (
+            text,
+            client,
+            hold_reason or "",
+            str(max(0, rate_limit)),
+            "1" if idempotency_key is not None else "0",
+            _sha256(text),
+            str(RATE_WINDOW_MS),
+            str(DUPLICATE_WINDOW_MS),
+            str(IDEMPOTENCY_TTL),
+            str(AUDIT_MAXLEN),
+            SYSTEM_ACTOR,
+        )
+
+        def run(target: Any) -> Any:
+            return target.eval(_SUBMIT_SCRIPT, len(keys), *keys, *args)
+
+        if self.write_replicas:
+            reply, acked = await self._write_and_wait(run, "post")
+        else:
+            reply, acked = await self._write(run, "post"), 0
+        kind = str(reply[0])
+        if kind == "conflict":
+            raise IdempotencyConflict("this Idempotency-Key was first used for another message")
+        if kind == "rate":
+            raise RateLimited(max(1, math.ceil(int(reply[1]) / 1000)))
+        status = cast(Literal["published", "held"], kind)
+        entry_id, reason, replayed = str(reply[1]), str(reply[2] or ""), reply[3] == "1"
+        # A published message's time is its id's (as `_message` reads it back); a held post's
+        # is the one it keeps in `c` through approval.
+        created_ms = id_key(entry_id)[0] if status == "published" else int(reply[4])
+        if status == "published":
+            self._note_write(entry_id)
+        if acked < self.write_replicas:
+            raise ReplicationTimeout(
+                f"the message was written, but only {acked} of {self.write_replicas} "
+                "followers confirmed it in time"
+            )
+        return PostResult(
+            status,
+            Message(entry_id, text, iso_from_ms(created_ms)),
+            reason or None,
+            replayed,
+        )
+
+    def note_write(self, entry_id: str) -> None:
+        """Remember a message this process wrote another way (an approval in moderation.py),
+        so that its pages show it as they show its own posts."""
+        self._note_write(entry_id)
 
     def _note_write(self, entry_id: str) -> None:
         if self.last_write_id is None or id_key(entry_id) > id_key(self.last_write_id):
@@ -333,9 +585,10 @@ class MessageStore:
         async def run(client: Redis) -> Any:
             return await client.eval(
                 _IMPORT_SCRIPT,
-                2,
+                3,
                 STREAM,
                 IMPORTED,
+                REMOVED_IDS,
                 source_key,
                 wanted_id or "",
                 text,
@@ -425,6 +678,92 @@ class MessageStore:
 
         entries, _ = await self._read(fetch, "after")
         return [_message(entry) for entry in entries]
+
+    async def watch_changes(self, after_id: str, removals_after: str) -> Changes:
+        """`watch`, and removal records newer than `removals_after`, in one blocking read.
+
+        One XREAD of both streams answers from one moment of one server: a follower applies
+        a removal's XDEL and its record together (the script's effects replicate as one
+        transaction), so a batch never holds a message whose removal it also reports, and a
+        reader that sees a record will no longer read the message from that server.
+        """
+
+        async def block(client: Redis) -> Any:
+            return await client.xread(
+                {STREAM: after_id, REMOVED: removals_after}, count=WATCH_BATCH, block=BLOCK_MS
+            )
+
+        result, server = await self._read(block, "watch", extra=BLOCK_MS / 1000)
+        messages: list[Message] = []
+        removals: list[Removal] = []
+        for stream, entries in result or []:
+            if stream == STREAM:
+                messages = [_message(entry) for entry in entries]
+            else:
+                removals = [_removal(entry) for entry in entries]
+        return Changes(messages, removals, server.role)
+
+    async def last_generated_id(self) -> str:
+        """The newest id the stream ever gave (`0-0` for none), even when a moderator removed
+        that message since. A feed tells a store gone back in time by this, not by its newest
+        entry, which a removal makes older without anything going back."""
+
+        async def fetch(client: Redis) -> str:
+            try:
+                info = await client.xinfo_stream(STREAM)
+            except ResponseError as exc:
+                if "no such key" in str(exc).lower():
+                    return "0-0"
+                raise
+            return str(info["last-generated-id"])
+
+        result, _ = await self._read(fetch, "last_id")
+        return result
+
+    async def removal_head(self) -> str:
+        """The newest removal record's id (`0-0` when there is none): where a feed that has
+        just read the messages starts following removals."""
+        entries, _ = await self._read(
+            lambda c: c.xrevrange(REMOVED, "+", "-", count=1), "removal_head"
+        )
+        return str(entries[0][0]) if entries else "0-0"
+
+    async def removals_after(self, record_id: str, count: int = 1000) -> list[Removal]:
+        """Removal records newer than `record_id`, oldest first."""
+        parse_id(record_id, "after")
+
+        async def fetch(client: Redis) -> list[Entry]:
+            return cast(
+                list[Entry], await client.xrange(REMOVED, f"({record_id}", "+", count=count)
+            )
+
+        entries, _ = await self._read(fetch, "removals")
+        return [_removal(entry) for entry in entries]
+
+    async def removed_since(self, message_id: str) -> list[str]:
+        """Ids of messages up to `message_id` removed since it was written: what a client that
+        resumes after `message_id` may still show, and must be told to drop.
+
+        A removal recorded before that message's millisecond happened before the client could
+        have seen that message, so the page it came from did not hold what was removed; newer
+        messages the client never had need no word. The millisecond itself is included: a
+        repeated `remove` is harmless, a missed one is not.
+        """
+        upto = parse_id(message_id, "after")
+
+        async def fetch(client: Redis) -> list[Entry]:
+            return cast(
+                list[Entry],
+                await client.xrange(REMOVED, f"{upto[0]}-0", "+", count=2 * REMOVED_MAXLEN),
+            )
+
+        entries, _ = await self._read(fetch, "removed_since")
+        removed: dict[str, None] = {}
+        for entry in entries:
+            removal = _removal(entry)
+            if is_id(removal.message_id) and id_key(removal.message_id) <= upto:
+                removed[removal.message_id] = None
+        return list(removed)
 
     async def newest_oldest_first(self, limit: int) -> list[Message]:
         """The newest `limit` messages in the order they were written (the legacy view)."""
@@ -537,6 +876,32 @@ def _message(entry: Entry) -> Message:
     created = fields.get("c")
     ms = int(created) if created else id_key(entry_id)[0]
     return Message(entry_id, fields.get("t", ""), iso_from_ms(ms))
+
+
+def _removal(entry: Entry) -> Removal:
+    record_id, fields = entry
+    return Removal(record_id, fields.get("id", ""))
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def idempotency_key_name(key: str) -> str:
+    """Where a post's answer is kept for its Idempotency-Key: hashed, so any header value makes
+    a short key and none is stored as it was sent."""
+    return IDEMPOTENCY_PREFIX + _sha256(key)
+
+
+def rate_key(client: str) -> str:
+    """The sorted set of one client's posts in the last minute (scores: the server's ms)."""
+    return RATE_PREFIX + client
+
+
+def duplicate_key(client: str, text: str) -> str:
+    """Set while `client` posted `text` within the last ten minutes. The NUL keeps
+    ("a", "bc") and ("ab", "c") apart; neither a client address nor a text contains one."""
+    return DUPLICATE_PREFIX + _sha256(client + "\0" + text)
 
 
 def _newest(*ids: str | None) -> str | None:
