@@ -339,3 +339,14 @@ def test_export_has_every_acknowledged_post_while_the_followers_lag(
     assert cli(tmp_path, cluster, "post", "only on the leader").returncode == 0
     exported = [json.loads(line) for line in cli(tmp_path, cluster, "export").stdout.splitlines()]
     assert [m["text"] for m in exported] == ["replicated", "only on the leader"]
+
+
+def test_list_shows_a_post_made_a_moment_ago_while_the_followers_lag(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """A command is its own process, with no read-your-writes cookie: it reads the leader."""
+    for follower in cluster.followers:
+        follower.wait_synced()
+        follower.client().replicaof("NO", "ONE")
+    posted = cli(tmp_path, cluster, "post", "just now").stdout.strip()
+    assert posted in cli(tmp_path, cluster, "list").stdout

@@ -39,6 +39,12 @@ def wait_past(server: RedisServer, entry_id: str) -> None:
     wait_until(lambda: server_ms(server) > ms)
 
 
+def wait_replicated(cluster: Cluster, key: str) -> None:
+    """Until every follower holds as many entries of `key` as the leader: reads go to them."""
+    want = cluster.leader.client().xlen(key)
+    wait_until(lambda: all(f.client().xlen(key) == want for f in cluster.followers))
+
+
 def audit_stream(server: RedisServer) -> list[dict[str, str]]:
     return [fields for _, fields in server.client().xrange("guestbook:audit")]
 
@@ -178,6 +184,7 @@ async def test_removed_since_names_removals_recorded_after_the_resume_point_of_o
     await moderation.remove(store, older.id, by="alice")
     await moderation.remove(store, newer.id, by="alice")
     await moderation.remove(store, seen.id, by="alice")
+    wait_replicated(cluster, "guestbook:removed")
 
     assert await store.removed_since(seen.id) == [older.id, seen.id]
     assert await store.removed_since(older.id) == [older.id]

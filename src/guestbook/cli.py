@@ -253,6 +253,7 @@ async def _context(settings: Settings, address: StoreAddress) -> AsyncIterator[C
         address.follower_urls,
         timeout=settings.store_timeout,
         write_replicas=settings.write_replicas,
+        read_leader_first=True,
     )
     try:
         yield Context(store, settings, address.mode)

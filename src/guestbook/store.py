@@ -315,6 +315,9 @@ class MessageStore:
     follower_urls: Sequence[str] = ()
     timeout: float = 1.0
     write_replicas: int = 0
+    # The command line reads the leader first: a separate process has no read-your-writes
+    # cookie, and an operator expects `list` to show the post they just made.
+    read_leader_first: bool = False
     # Told of every call: (operation, server role, error name or None when it starts).
     observer: Callable[[str, str, str | None], None] | None = None
     _leader: Server = field(init=False)
@@ -396,14 +399,16 @@ class MessageStore:
             raise LeaderUnavailable("the leader cannot take writes right now") from exc
 
     def _readers(self) -> list[Server]:
-        """Followers that answered recently (rotating), then the leader, then the rest."""
+        """Followers that answered recently (rotating), then the leader, then the rest; with
+        `read_leader_first`, the leader before them all."""
         now = time.monotonic()
-        order: list[Server] = []
+        order: list[Server] = [self._leader] if self.read_leader_first else []
         if self._followers:
             start = next(self._rotation) % len(self._followers)
             rotated = self._followers[start:] + self._followers[:start]
             order.extend(f for f in rotated if f.usable(now))
-        order.append(self._leader)
+        if not self.read_leader_first:
+            order.append(self._leader)
         # Servers in cool-down are still tried last: better a slow answer than none.
         order.extend(f for f in self._followers if not f.usable(now))
         return order
