@@ -216,11 +216,14 @@ def test_page_has_the_tutorial_form_and_no_inline_script(gb: httpx.Client) -> No
     assert "https://" not in page
 
 
-def test_page_footer_names_instance_and_source(gb: httpx.Client) -> None:
+def test_page_footer_names_the_instance_in_plain_words(gb: httpx.Client) -> None:
     page = gb.get("/").text
     status = gb.get("/api/status").json()
-    assert f'<strong id="instance">{status["instance"]}</strong>' in page
-    assert 'id="source">follower<' in page
+    footer = page.split('<footer class="instance">', 1)[1].split("</footer>", 1)[0]
+    assert footer == f'Served by <strong id="instance">{status["instance"]}</strong>.'
+    # Which server a read came from means nothing to a visitor; /api/status tells operators.
+    assert 'id="source"' not in page
+    assert "read from the" not in page
 
 
 def test_form_post_redirects_and_shows_the_message_first(gb: httpx.Client, token: str) -> None:

@@ -1,10 +1,13 @@
 """The page in a real browser: Playwright driving Debian's Chromium against real frontends, a real
 leader and two real followers. Live updates between two browsers on two frontends, XSS payloads
-that stay text, the no-JavaScript form, the read-only banner, and resuming after a dropped
-connection with nothing missed."""
+that stay text, the no-JavaScript form, the posting-paused banner, resuming after a dropped
+connection with nothing missed; HTML error pages, the page while the store is gone (and an open
+page noticing it), the text box (multi-line, a counter that counts as the server does, a visible
+reason for every refusal, nothing typed ever lost), and the API docs loading cleanly."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 from collections.abc import Callable, Iterator
@@ -12,9 +15,18 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Dialog, Page, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Dialog,
+    Page,
+    Route,
+    expect,
+    sync_playwright,
+)
 
-from conftest import Cluster, Frontend
+from conftest import Cluster, Frontend, wait_until
+from test_pages import contrast
 
 pytestmark = pytest.mark.browser
 MakeFrontend = Callable[..., Frontend]
@@ -121,6 +133,43 @@ def texts(page: Page) -> list[str]:
 
 def wait_live(page: Page) -> None:
     expect(page.locator("#live")).to_be_visible()
+    expect(page.locator("#live")).to_have_text("Live")
+
+
+def break_store(cluster: Cluster, fault: str) -> None:
+    """Take every store server away: killed (connections refused) or frozen (SIGSTOP: no
+    answer at all, as in a partition)."""
+    for server in (*cluster.followers, cluster.leader):
+        if fault == "killed":
+            server.kill()
+        else:
+            server.hang()
+
+
+def mend_store(cluster: Cluster, fault: str) -> None:
+    if fault == "killed":
+        cluster.leader.start()  # same port, same append-only file
+        for follower in cluster.followers:
+            follower.start()
+    else:
+        for server in (cluster.leader, *cluster.followers):
+            server.resume()
+
+
+GREEN = ("rgb(232, 245, 236)", "rgb(47, 158, 85)")  # the live badge and its dot
+
+
+def badge_colours(page: Page) -> tuple[str, str]:
+    colours = page.locator("#live").evaluate(
+        "el => [getComputedStyle(el).backgroundColor,"
+        " getComputedStyle(el, '::before').backgroundColor]"
+    )
+    return colours[0], colours[1]
+
+
+def server_count(text: str) -> int:
+    """What the server counts: see `guestbook.messages.clean_text`."""
+    return len(text.replace("\r\n", "\n").strip())
 
 
 # --- live between browsers -----------------------------------------------------------------
@@ -241,7 +290,7 @@ def test_older_messages_link_pages_back_with_javascript(
 # --- faults --------------------------------------------------------------------------------
 
 
-def test_read_only_banner_shows_while_the_leader_is_down_and_clears_when_it_returns(
+def test_posting_paused_banner_shows_while_the_leader_is_down_and_clears_when_it_returns(
     cluster: Cluster, make_frontend: MakeFrontend, new_page: Callable[..., Page]
 ) -> None:
     frontend = make_frontend(cluster)
@@ -254,7 +303,8 @@ def test_read_only_banner_shows_while_the_leader_is_down_and_clears_when_it_retu
     write(page, "written while the leader is down")
 
     expect(banner).to_be_visible()
-    expect(banner).to_contain_text("read-only")
+    expect(banner).to_contain_text("Posting is paused: the guestbook cannot save messages")
+    expect(banner).not_to_contain_text("leader")
     expect(page.locator("#text")).to_have_value("written while the leader is down")
     expect(page.locator("#text")).to_be_focused()
 
@@ -298,3 +348,325 @@ def test_the_page_fits_a_phone(shared_frontend: Frontend, new_page: Callable[...
 
     assert overflow <= 0
     expect(page.get_by_role("button", name="Submit")).to_be_in_viewport()
+
+
+# --- HTML for browsers -----------------------------------------------------------------------
+
+
+def test_a_browser_is_shown_an_html_page_for_an_unknown_address(
+    shared_frontend: Frontend, new_page: Callable[..., Page]
+) -> None:
+    page = new_page(shared_frontend.url)
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+
+    response = page.goto(f"{shared_frontend.url}/no/such/page")
+
+    assert response is not None
+    assert response.status == 404
+    expect(page.locator("h1")).to_have_text("Page not found")
+    expect(page.locator("#detail")).to_have_text("There is nothing at this address.")
+    # The stylesheet applies (the CSP lets it), and nothing was blocked.
+    assert page.locator("main").evaluate("el => getComputedStyle(el).borderRadius") == "14px"
+    assert not [m for m in console if "Content Security Policy" in m]
+    page.get_by_role("link", name="Go to the guestbook").click()
+    expect(page.locator("h1")).to_have_text("Guestbook")
+
+
+def test_while_the_store_is_down_a_browser_sees_the_last_messages_and_why(
+    cluster: Cluster, make_frontend: MakeFrontend, new_page: Callable[..., Page]
+) -> None:
+    frontend = make_frontend(cluster)
+    page = new_page(frontend.url)
+    wait_live(page)
+    post_api(frontend, "seen before the outage")
+    expect(page.locator("#messages li .text").first).to_have_text("seen before the outage")
+    break_store(cluster, "killed")
+    expect(page.locator("#live")).to_have_text("Paused")
+
+    response = page.reload()
+
+    assert response is not None
+    assert response.status == 200
+    expect(page.locator("#messages li .text").first).to_have_text("seen before the outage")
+    banner = page.locator("#banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("they may be out of date")
+    expect(banner).to_contain_text("Posting is paused")
+    expect(page.locator("#live")).to_have_text("Paused")
+
+    mend_store(cluster, "killed")
+    expect(banner).to_be_hidden(timeout=30_000)
+    wait_live(page)
+    post_api(frontend, "after the outage")
+    expect(page.locator("#messages li .text").first).to_have_text("after the outage")
+
+
+def test_without_javascript_the_page_from_memory_says_it_may_be_out_of_date(
+    cluster: Cluster, make_frontend: MakeFrontend, new_page: Callable[..., Page]
+) -> None:
+    frontend = make_frontend(cluster)
+    live = new_page(frontend.url)
+    wait_live(live)
+    post_api(frontend, "seen before the outage")
+    # Arrived over the live feed, so it is in the feed's memory.
+    expect(live.locator("#messages li .text").first).to_have_text("seen before the outage")
+    break_store(cluster, "killed")
+    wait_until(
+        lambda: (
+            "may be out of date" in httpx.get(frontend.url, headers={"Accept": "text/html"}).text
+        )
+    )
+
+    page = new_page(frontend.url, java_script_enabled=False)
+
+    expect(page.locator("#stale")).to_contain_text("may be out of date")
+    expect(page.locator("#stale")).to_contain_text("Posting is paused")
+    expect(page.locator("#messages li .text").first).to_have_text("seen before the outage")
+
+
+# --- an open page and the store ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
+def test_an_open_page_says_when_the_store_is_gone_and_when_it_is_back(
+    cluster: Cluster, make_frontend: MakeFrontend, new_page: Callable[..., Page], fault: str
+) -> None:
+    frontend = make_frontend(cluster)
+    page = new_page(frontend.url)
+    wait_live(page)
+    live, banner = page.locator("#live"), page.locator("#banner")
+    assert badge_colours(page) == GREEN
+
+    break_store(cluster, fault)
+
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("The guestbook cannot load messages right now")
+    expect(banner).to_contain_text("posting is paused")
+    expect(live).to_have_text("Paused")
+    colours = badge_colours(page)
+    assert colours[0] not in GREEN
+    assert colours[1] not in GREEN
+
+    mend_store(cluster, fault)
+
+    expect(banner).to_be_hidden(timeout=30_000)
+    wait_live(page)
+    assert badge_colours(page) == GREEN
+    post_api(frontend, "after the outage")
+    expect(page.locator("#messages li .text").first).to_have_text("after the outage")
+
+
+# --- the text box ----------------------------------------------------------------------------
+
+
+def test_text_typed_while_a_post_is_sending_is_kept(
+    shared_frontend: Frontend, new_page: Callable[..., Page], token: str
+) -> None:
+    page = new_page(shared_frontend.url)
+    wait_live(page)
+    held: list[Route] = []
+
+    def hold_posts(route: Route) -> None:
+        if route.request.method == "POST":
+            held.append(route)  # answered below, once more has been typed
+        else:
+            route.continue_()
+
+    page.route("**/api/messages", hold_posts)
+    write(page, f"{token} first")
+    page.wait_for_function("document.querySelector('form.post').getAttribute('aria-busy')")
+    assert len(held) == 1
+    page.locator("#text").fill(f"{token} typed meanwhile")
+
+    held[0].continue_()
+
+    expect(page.locator("#messages li .text").first).to_have_text(f"{token} first")
+    expect(page.locator("#text")).to_have_value(f"{token} typed meanwhile")
+    # What was sent and not touched since is cleared as before.
+    page.unroute("**/api/messages")
+    page.locator("#text").press("Enter")
+    expect(page.locator("#messages li .text").first).to_have_text(f"{token} typed meanwhile")
+    expect(page.locator("#text")).to_have_value("")
+
+
+def test_enter_posts_and_shift_enter_starts_a_new_line(
+    shared_frontend: Frontend, new_page: Callable[..., Page], token: str
+) -> None:
+    page = new_page(shared_frontend.url)
+    wait_live(page)
+    box = page.locator("#text")
+    assert box.evaluate("el => el.tagName") == "TEXTAREA"
+
+    box.fill(f"{token} line one")
+    box.press("Shift+Enter")
+    box.press_sequentially("line two")
+    expect(box).to_have_value(f"{token} line one\nline two")
+    box.press("Enter")
+
+    first = page.locator("#messages li .text").first
+    expect(first).to_have_text(f"{token} line one\nline two")
+    stored = httpx.get(f"{shared_frontend.url}/api/messages?limit=1").json()["messages"][0]
+    assert stored["text"] == f"{token} line one\nline two"
+    page.reload()
+    assert first.inner_text() == f"{token} line one\nline two"  # shown on two lines
+
+
+COUNTED = [
+    "😀" * 300,  # 300 characters, 600 UTF-16 units
+    "👩‍👩‍👧 family",  # a ZWJ sequence: five code points, one picture
+    "  padded\r\n  ",
+    "\ufeffbom\ufeff",  # Python keeps U+FEFF, JavaScript's trim() would drop it
+    "\x1c\x85sep\u3000",  # Python strips these, JavaScript's trim() keeps the first two
+    "e\u0301 vs \u00e9",
+    "   ",
+    "",
+]
+
+
+def test_the_counter_counts_what_the_server_counts(
+    shared_frontend: Frontend, new_page: Callable[..., Page]
+) -> None:
+    page = new_page(shared_frontend.url)
+    counter = page.locator("#count")
+
+    for text in COUNTED:
+        page.locator("#text").evaluate(
+            "(el, text) => { el.value = text; el.dispatchEvent(new Event('input')); }", text
+        )
+        expect(counter).to_have_text(f"{server_count(text)} / 500 characters")
+
+
+def test_an_over_long_text_is_kept_whole_and_refused_with_a_reason(
+    shared_frontend: Frontend, new_page: Callable[..., Page]
+) -> None:
+    page = new_page(shared_frontend.url)
+    wait_live(page)
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    emoji = "😀" * 300
+    box = page.locator("#text")
+
+    box.fill(emoji)  # fits: the server counts 300, however many UTF-16 units that is
+    expect(page.locator("#count")).to_have_text("300 / 500 characters")
+    box.fill("y" * 520)  # as a paste would
+    expect(page.locator("#count")).to_have_text("520 / 500 characters: 20 too many")
+    box.press("Enter")
+
+    expect(page.locator("#banner")).to_have_text(
+        "The message is 520 characters long; the limit is 500."
+    )
+    expect(box).to_have_value("y" * 520)
+    expect(box).to_have_attribute("aria-invalid", "true")
+    assert posts == []
+    box.fill(emoji)
+    box.press("Enter")
+    expect(page.locator("#messages li .text").first).to_have_text(emoji)
+
+
+def test_a_whitespace_only_post_says_the_message_is_empty(
+    shared_frontend: Frontend, new_page: Callable[..., Page]
+) -> None:
+    page = new_page(shared_frontend.url)
+    wait_live(page)
+
+    page.locator("#text").fill("  \n\t ")
+    page.locator("#text").press("Enter")
+
+    expect(page.locator("#banner")).to_be_visible()
+    expect(page.locator("#banner")).to_have_text("The message is empty.")
+    page.locator("#text").fill("")
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator("#banner")).to_have_text("The message is empty.")
+
+
+def test_every_refusal_shows_its_reason_and_keeps_the_text(
+    cluster: Cluster, make_frontend: MakeFrontend, new_page: Callable[..., Page]
+) -> None:
+    frontend = make_frontend(cluster, GUESTBOOK_RATE_LIMIT="1", GUESTBOOK_MAX_MESSAGE_CHARS="20000")
+    page = new_page(frontend.url)
+    wait_live(page)
+    banner, box = page.locator("#banner"), page.locator("#text")
+
+    def refused(text: str, reason: str | re.Pattern[str]) -> None:
+        box.fill(text)
+        box.press("Enter")
+        expect(banner).to_be_visible()
+        expect(banner).to_have_text(reason)
+        expect(box).to_have_value(text)
+        box.fill("")  # typing clears the reason, ready for the next
+        expect(banner).to_be_hidden()
+
+    refused("a bell \u0007", re.compile(r"control character \(U\+0007\)"))  # 422
+    refused("z" * 17_000, "The body is over 16 KiB.")  # 413
+    page.route("**/api/messages", lambda route: route.abort())
+    refused("no answer", re.compile(r"could not be sent: the guestbook did not answer"))
+    page.unroute("**/api/messages")
+    write(page, "the one post a minute")
+    expect(page.locator("#messages li .text").first).to_have_text("the one post a minute")
+    refused("one too many", re.compile(r"^Too many posts: at most 1 a minute\."))  # 429
+
+
+# --- without JavaScript ----------------------------------------------------------------------
+
+
+def test_without_javascript_multi_line_posts_work_and_a_refusal_keeps_the_draft(
+    shared_frontend: Frontend, new_page: Callable[..., Page], token: str
+) -> None:
+    page = new_page(shared_frontend.url, java_script_enabled=False)
+    box = page.get_by_label("Message")
+    too_long = f"{token} too long\n" + "x" * 500
+
+    box.fill(too_long)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Submit").click()
+
+    expect(page.locator("#banner")).to_have_text(
+        f"The message is {server_count(too_long)} characters long; the limit is 500."
+    )
+    expect(box).to_have_value(too_long)
+    box.fill(f"{token} one\ntwo")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Submit").click()
+    assert page.url.rstrip("/") == shared_frontend.url
+    assert page.locator("#messages li .text").first.inner_text() == f"{token} one\ntwo"
+
+
+# --- small things ----------------------------------------------------------------------------
+
+
+def test_the_text_box_border_has_3_to_1_contrast_on_screen(
+    shared_frontend: Frontend, new_page: Callable[..., Page]
+) -> None:
+    page = new_page(shared_frontend.url)
+    colours = page.locator("#text").evaluate(
+        "el => [getComputedStyle(el).borderTopColor, getComputedStyle(el).backgroundColor,"
+        " getComputedStyle(el.closest('main')).backgroundColor]"
+    )
+
+    border, inside, around = (_hex(c) for c in colours)
+    assert contrast(border, inside) >= 3
+    assert contrast(border, around) >= 3
+
+
+def _hex(rgb: str) -> str:
+    channels = re.fullmatch(r"rgb\((\d+), (\d+), (\d+)\)", rgb)
+    assert channels, rgb
+    return "#" + "".join(f"{int(c):02x}" for c in channels.groups())
+
+
+def test_the_api_docs_load_without_a_single_failed_request(
+    shared_frontend: Frontend, new_page: Callable[..., Page]
+) -> None:
+    failed: list[str] = []
+    page = new_page("about:blank")
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.on("console", lambda m: failed.append(m.text) if m.type == "error" else None)
+
+    page.goto(f"{shared_frontend.url}/docs")
+
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Guestbook")
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    assert icon is not None
+    assert icon.startswith("/static/favicon.svg?v=")
+    assert failed == []

@@ -1,6 +1,7 @@
 """The live feed (`GET /api/messages/stream`) over real HTTP against real frontends and a real
 leader with two followers: events and their ids, resuming with nothing missed or repeated
-(across reconnects, frontends and a restart), heartbeats, dropped and slow clients, shutdown."""
+(across reconnects, frontends and a restart), heartbeats, dropped and slow clients, shutdown,
+and the store's status (gone, back) told to the clients."""
 
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ class Stream:
         while len(found) < count:
             event = self.next(timeout)
             assert event is not None, f"the stream ended after {len(found)} of {count} messages"
-            if event.kind in ("comment", "retry"):
+            if event.kind in ("comment", "retry", "status"):
                 continue
             message = event.message()
             assert event.id == message["id"]
@@ -158,12 +159,30 @@ class Stream:
             events.append(event)
         return events
 
+    def store_status(self, timeout: float = 15) -> dict[str, Any]:
+        """The data of the next `status` event; nothing but comments may come before it."""
+        while True:
+            event = self.next(timeout)
+            assert event is not None, "the stream ended before a status event"
+            if event.kind in ("comment", "retry"):
+                continue
+            assert event.kind == "status", event
+            assert event.id is None  # a status must not move the client's resume point
+            value = json.loads(event.data)
+            assert isinstance(value, dict)
+            return value
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         if self._thread.is_alive():
             self._thread.join(5)
+        if not self._thread.is_alive():
+            # The socket's descriptor stays open while its file does; left to the garbage
+            # collector, it would be reported (a ResourceWarning, an error here) in whichever
+            # test runs then.
+            self.file.close()
 
 
 @pytest.fixture
@@ -178,6 +197,26 @@ def streams() -> Iterator[Callable[..., Stream]]:
     yield open_stream
     for stream in opened:
         stream.close()
+
+
+def break_store(cluster: Cluster, fault: str) -> None:
+    """Take every store server away: killed (connections refused) or frozen (SIGSTOP: no
+    answer at all, as in a partition)."""
+    for server in (*cluster.followers, cluster.leader):
+        if fault == "killed":
+            server.kill()
+        else:
+            server.hang()
+
+
+def mend_store(cluster: Cluster, fault: str) -> None:
+    if fault == "killed":
+        cluster.leader.start()  # same port, same append-only file
+        for follower in cluster.followers:
+            follower.start()
+    else:
+        for server in (cluster.leader, *cluster.followers):
+            server.resume()
 
 
 def post(frontend: Frontend, text: str) -> dict[str, Any]:
@@ -301,6 +340,51 @@ def test_stream_is_documented_in_openapi(shared_frontend: Frontend) -> None:
     assert "text/event-stream" in operation["responses"]["200"]["content"]
     names = {p["name"] for p in operation["parameters"]}
     assert names == {"after", "Last-Event-ID"}
+
+
+# --- the store's status -----------------------------------------------------------------------
+
+
+def test_a_stream_says_at_connect_that_the_store_is_ok(
+    shared_frontend: Frontend, streams: Callable[..., Stream], token: str
+) -> None:
+    stream = streams(shared_frontend, f"?after={newest_id(shared_frontend)}")
+
+    assert stream.store_status() == {"store": "ok"}
+    posted = post(shared_frontend, f"{token} after the status")
+    assert stream.messages(1) == [posted]
+
+
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
+def test_streams_are_told_when_the_store_is_gone_and_when_it_is_back(
+    cluster: Cluster, make_frontend: MakeFrontend, streams: Callable[..., Stream], fault: str
+) -> None:
+    frontend = make_frontend(cluster)
+    before = post(frontend, "before the outage")
+    stream = streams(frontend, f"?after={before['id']}")
+    assert stream.store_status() == {"store": "ok"}
+
+    break_store(cluster, fault)
+    assert stream.store_status(timeout=30) == {"store": "unavailable"}
+    mend_store(cluster, fault)
+    assert stream.store_status(timeout=30) == {"store": "ok"}
+
+    after = post(frontend, "after the outage")
+    assert stream.messages(1) == [after]
+
+
+def test_a_stream_opened_while_the_store_is_down_says_so_at_once(
+    cluster: Cluster, make_frontend: MakeFrontend, streams: Callable[..., Stream]
+) -> None:
+    frontend = make_frontend(cluster)
+    break_store(cluster, "killed")
+    wait_until(lambda: httpx.get(f"{frontend.url}/readyz").status_code == 503)
+
+    stream = streams(frontend)
+
+    assert stream.store_status() == {"store": "unavailable"}
+    mend_store(cluster, "killed")
+    assert stream.store_status(timeout=30) == {"store": "ok"}
 
 
 # --- across frontends -----------------------------------------------------------------------

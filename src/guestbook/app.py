@@ -8,14 +8,12 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from . import __version__, api, docs, legacy, live, ops, pages
@@ -30,7 +28,13 @@ from .fastpath import ReadFastPath
 from .feed import Feed
 from .metrics import Metrics
 from .middleware import RequestMiddleware
-from .problems import HTTPProblem, legacy_error, problem_response, store_problem
+from .problems import (
+    HTTPProblem,
+    legacy_error,
+    prefers_html,
+    problem_response,
+    store_problem,
+)
 from .ratelimit import RateLimiter
 from .settings import Settings, StoreAddress
 from .state import AppState
@@ -115,10 +119,10 @@ def create_app(
     app.include_router(legacy.router)
     app.include_router(ops.router)
     app.include_router(docs.router)
-    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), "static")
-    assets = docs.swagger_assets()
-    if assets is not None:
-        app.mount("/docs-assets", StaticFiles(directory=assets), "docs-assets")
+    app.mount("/static", pages.STATIC, "static")
+    swagger = docs.assets()
+    if swagger is not None:
+        app.mount("/docs-assets", swagger, "docs-assets")
     _install_error_handlers(app)
     return GuestbookApp(app, metrics)
 
@@ -126,8 +130,12 @@ def create_app(
 def _error(
     request: Request, status: int, detail: str, headers: dict[str, str] | None = None
 ) -> Response:
+    """Every error answer: the legacy endpoint's own shape, an HTML page for a browser (by its
+    `Accept`, whatever the path: a person is reading), else a problem document."""
     if request.url.path in LEGACY_PATHS:
         return legacy_error(status, detail, headers)
+    if prefers_html(request.headers.get("accept")):
+        return pages.error_page(status, detail, headers)
     return problem_response(status, detail, headers)
 
 

@@ -8,6 +8,8 @@ share this one reader instead of holding a store connection each.
 
 The memory copy is trusted only while the reader is keeping up; otherwise reads go to the
 store. It never serves a page that lacks an id the reader is known to need (its own write).
+When the store cannot answer at all, `last_seen` still hands out the copy, for a page that says
+it may be out of date; `unavailable` tells the live clients that the store is gone.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Feed:
         self.version = 0
         self._synced = False
         self._fresh_at = 0.0
+        self._failing = False
+        self.seen_at: float | None = None  # wall-clock time of the store's last answer
         self._stale_after = BLOCK_MS / 1000 + store.timeout + 0.5
         self._subscribers: set[Subscriber] = set()
         self._stopping = False
@@ -70,6 +74,15 @@ class Feed:
     def live(self) -> bool:
         return self._synced and time.monotonic() - self._fresh_at < self._stale_after
 
+    @property
+    def unavailable(self) -> bool:
+        """True from the moment a read finds no server answering until a read succeeds again.
+
+        Not simply `not live`: a reader that waits out one hung follower before moving on falls
+        behind for a moment without the store being gone, and visitors should not be told it is.
+        """
+        return self._failing
+
     # --- subscribers ---------------------------------------------------------------------
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
@@ -94,6 +107,14 @@ class Feed:
             self._newest_first = list(reversed(self.recent))
             self._newest_first_version = self.version
         return self._newest_first[: limit + 1]
+
+    def last_seen(self, limit: int) -> list[Message] | None:
+        """The newest `limit` messages (one more if there is), newest first, as the reader last
+        saw them, however long ago: for when the store cannot be asked. None before the first
+        read of the store."""
+        if self.head_id is None:
+            return None
+        return list(reversed(self.recent))[: limit + 1]
 
     def encoded(self, key: object, build: Callable[[], bytes]) -> bytes:
         """A response body built once per key and cache version (dropped on any change)."""
@@ -120,6 +141,7 @@ class Feed:
                     batch = []
             except StoreUnavailable:
                 self._fresh_at = 0.0
+                self._failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
@@ -130,6 +152,8 @@ class Feed:
                 continue
             delay = 0.05
             self._fresh_at = time.monotonic()
+            self._failing = False
+            self.seen_at = time.time()
             if batch:
                 self._add(batch)
 

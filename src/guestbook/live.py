@@ -12,6 +12,10 @@ comes back with `Last-Event-ID` (or `?after=`) gets exactly the messages after i
    reaches back far enough, else from the store);
 3. send the queue, skipping anything not newer than the last id sent.
 
+Each client is told at connect, and again whenever it changes, whether the feed's reader finds
+a store server answering (an event `status`, data `{"store": "ok"}` or `{"store": "unavailable"}`):
+the stream itself stays up while the store is gone, and would otherwise look healthy to a page.
+
 A client that falls behind by more than its queue holds is told to reconnect (a `reconnect`
 event, then the end of the response) and resumes from its last id; it never slows the others
 or grows this process's memory. On shutdown every stream ends the same way, so browsers go
@@ -68,6 +72,11 @@ ENCODED_CACHE = 1024
 
 EVENT_STREAM = "text/event-stream"
 Put = Callable[[bytes], Awaitable[None]]
+# No `id:` line: a status is not a message, and must not move a client's resume point.
+STATUS_EVENTS = {
+    True: b'event: status\ndata: {"store":"unavailable"}\n\n',
+    False: b'event: status\ndata: {"store":"ok"}\n\n',
+}
 
 
 class Hub:
@@ -94,6 +103,7 @@ class Hub:
         )
         self._encoded: OrderedDict[str, bytes] = OrderedDict()
         self._sweeper: asyncio.Task[None] | None = None
+        self._store_down = False
 
     @classmethod
     def of(cls, state: AppState) -> Hub:
@@ -122,11 +132,18 @@ class Hub:
             if not self.clients:
                 return
             await asyncio.sleep(SHUTDOWN_POLL)
+            down = self.state.feed.unavailable
+            flipped = down != self._store_down
+            self._store_down = down
             now = loop.time()
-            if now < next_sweep:
+            if now < next_sweep and not flipped:
                 continue
-            next_sweep = now + every
+            if now >= next_sweep:
+                next_sweep = now + every
             for client in list(self.clients):
+                if client.told_down != down and not client.status_due:
+                    client.status_due = True
+                    client.wake()
                 if client.busy_since:
                     if now - client.busy_since > SEND_TIMEOUT and client.task is not None:
                         self.cut.labels("stalled").inc()
@@ -161,7 +178,9 @@ class Client:
         "overflowed",
         "pending",
         "sent_at",
+        "status_due",
         "task",
+        "told_down",
         "waiter",
     )
 
@@ -176,6 +195,10 @@ class Client:
         self.busy_since = 0.0
         self.sent_at = 0.0
         self.task: asyncio.Task[None] | None = None
+        # What this client was last told of the store (nothing said means it is up), and
+        # whether the sweeper saw that change since.
+        self.told_down = False
+        self.status_due = False
 
     def push(self, batch: list[Message]) -> None:
         """The feed's callback: queue, or give up on this client when it is too far behind."""
@@ -256,11 +279,16 @@ class EventStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         unsubscribe = None
         try:
-            await put(f"retry: {RETRY_MS}\n: live\n\n".encode())
+            # Said even when all is well: a page reconnecting after an outage must hear that
+            # it is over, and cannot tell "nothing said yet" from "nothing to say".
+            client.told_down = hub.state.feed.unavailable
+            await put(f"retry: {RETRY_MS}\n: live\n\n".encode() + STATUS_EVENTS[client.told_down])
             # Until the feed has read the head once there is nothing to line the backlog up
             # with; the client waits (with heartbeats) rather than missing anything.
             while hub.state.feed.head_id is None and not hub.closing:
                 await asyncio.sleep(0.05)
+                if client.status_due:
+                    await self._tell_status(hub, client, put)
                 if client.beat:
                     client.beat = False
                     await put(b": heartbeat\n\n")
@@ -310,11 +338,21 @@ class EventStream(Response):
                         await put(b"".join([hub.encode(m) for m in batch]))
                     last = id_key(batch[-1].id)
                 continue
+            if client.status_due:
+                await self._tell_status(hub, client, put)
+                continue
             if client.beat:
                 client.beat = False
                 await put(b": heartbeat\n\n")
                 continue
             await client.wait()
+
+    async def _tell_status(self, hub: Hub, client: Client, put: Put) -> None:
+        client.status_due = False
+        down = hub.state.feed.unavailable
+        if down != client.told_down:
+            client.told_down = down
+            await put(STATUS_EVENTS[down])
 
     async def _finish(self, hub: Hub, put: Put, send: Send, reason: str) -> None:
         """Tell the client to come back (from its last id) and end the response."""

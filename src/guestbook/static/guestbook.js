@@ -1,10 +1,14 @@
 // Progressive enhancement of the guestbook page; the page works without it.
 //
 // - Posting goes through the JSON API without a reload; the poster's message shows at once.
+//   The text box is a textarea: Enter posts, Shift+Enter starts a new line. A counter counts
+//   what the server counts, and every refusal (empty, too long, too many posts, the store
+//   unavailable, no answer at all) shows its reason. What was typed is never thrown away.
 // - New messages from everyone arrive over Server-Sent Events (/api/messages/stream), resumed
 //   after the last id seen, so a dropped connection misses nothing; ids are never shown twice.
-// - One banner tells what is wrong (read-only, unreachable, live updates paused) and clears
-//   itself once it is not.
+//   The stream also says when the guestbook cannot reach its messages (`event: status`).
+// - One banner tells what is wrong (posting paused, messages unavailable, unreachable, live
+//   updates paused) and clears itself once it is not.
 // - Times read "2 min ago", with the exact time on hover.
 // Text is only ever set with textContent: a message can never become markup.
 "use strict";
@@ -16,8 +20,10 @@
   const list = document.getElementById("messages");
   const banner = document.getElementById("banner");
   const liveMark = document.getElementById("live");
+  const counter = document.getElementById("count");
   if (!main || !form || !input || !list || !banner) return;
   const button = form.querySelector("button");
+  const maxChars = Number(main.dataset.maxChars) || 500;
 
   const MAX_SHOWN = 200;
   const seen = new Set();
@@ -33,7 +39,12 @@
 
   // --- the banner ---------------------------------------------------------------------------
   // Several things can be wrong at once; the most important one is shown.
-  const PRIORITY = ["error", "readonly", "offline", "live"];
+  const PRIORITY = ["error", "offline", "store", "readonly", "live"];
+  const POSTING_PAUSED =
+    "Posting is paused: the guestbook cannot save messages right now. Reading still works.";
+  const STORE_DOWN =
+    "The guestbook cannot load messages right now: new ones will not appear and posting is " +
+    "paused. This page catches up by itself once it can again.";
   const notices = new Map();
   let errorTimer = 0;
 
@@ -55,6 +66,35 @@
 
   // A form error rendered by the server (the no-JavaScript path) stays until the next post.
   if (!banner.hidden && banner.textContent.trim()) notices.set("error", banner.textContent.trim());
+  // A page rendered from the feed's last copy says so; the banner takes the notice over, and
+  // the live stream says when the store is back (the page then catches up from the stream).
+  const stale = document.getElementById("stale");
+  let staleText = stale ? stale.textContent.trim() : null;
+  let storeDown = Boolean(stale);
+  if (stale) {
+    notices.set("store", staleText);
+    stale.remove();
+  }
+  notice("error", notices.get("error") || null);
+
+  // --- the live badge ---------------------------------------------------------------------
+  function badge(state) {
+    if (!liveMark) return;
+    liveMark.hidden = state === "off";
+    liveMark.dataset.state = state;
+    liveMark.textContent = state === "paused" ? "Paused" : "Live";
+    liveMark.title =
+      state === "paused"
+        ? "New messages cannot be loaded right now"
+        : "New messages appear as they are posted";
+  }
+
+  function storeStatus(down) {
+    storeDown = down;
+    if (!down) staleText = null;
+    notice("store", down ? staleText || STORE_DOWN : null);
+    badge(down ? "paused" : "live");
+  }
 
   // --- times --------------------------------------------------------------------------------
   const exact = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
@@ -157,7 +197,7 @@
     return ok;
   }
 
-  // Read-only: the leader is down and posts answer 503. Watch until it is back.
+  // Posts answer 503 while the store cannot take writes. Watch until it can again.
   async function checkLeader(text) {
     clearTimeout(leaderTimer);
     let writable = false;
@@ -171,13 +211,42 @@
       notice("readonly", null);
       return;
     }
-    notice(
-      "readonly",
-      text ||
-        notices.get("readonly") ||
-        "The guestbook is read-only right now: new messages cannot be saved. Reading still works.",
-    );
+    notice("readonly", text || notices.get("readonly") || POSTING_PAUSED);
     leaderTimer = setTimeout(checkLeader, 2000);
+  }
+
+  // --- what the server counts ---------------------------------------------------------------
+  // The server stores text.replace("\r\n", "\n").strip() and counts it with Python's len():
+  // code points, and Python's idea of white space, which is not String.prototype.trim()'s
+  // (that one strips U+FEFF and keeps U+001C–U+001F and U+0085).
+  const SPACE = "[\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+  const EDGES = new RegExp(`^${SPACE}+|${SPACE}+$`, "g");
+
+  function cleaned(raw) {
+    return raw.replace(/\r\n/g, "\n").replace(EDGES, "");
+  }
+
+  function charCount(text) {
+    return [...text].length; // code points; .length would count UTF-16 units
+  }
+
+  function refusal(raw) {
+    const text = cleaned(raw);
+    if (!text) return "The message is empty.";
+    const count = charCount(text);
+    if (count > maxChars) return `The message is ${count} characters long; the limit is ${maxChars}.`;
+    return null;
+  }
+
+  function showCount() {
+    if (!counter) return;
+    const count = charCount(cleaned(input.value));
+    const over = count - maxChars;
+    counter.textContent =
+      over > 0 ? `${count} / ${maxChars} characters: ${over} too many` : `${count} / ${maxChars} characters`;
+    counter.classList.toggle("over", over > 0);
+    if (over > 0) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
   }
 
   // --- posting ----------------------------------------------------------------------------
@@ -191,46 +260,76 @@
     return `The message could not be posted (HTTP ${response.status}).`;
   }
 
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    if (!input.value.trim()) {
+  let sending = false;
+
+  async function send() {
+    if (sending) return; // the first post is still on its way; what was typed stays put
+    const sent = input.value;
+    const refused = refusal(sent);
+    if (refused) {
+      showError(refused);
       input.focus();
       return;
     }
+    sending = true;
     if (button) button.disabled = true;
     form.setAttribute("aria-busy", "true");
     try {
       const response = await fetch("/api/messages", {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify({ text: input.value }),
+        body: JSON.stringify({ text: sent }),
         credentials: "same-origin",
       });
       if (response.status === 201) {
         add(await response.json());
-        input.value = "";
+        // Only what was sent is done with: text typed while it was on its way stays.
+        if (input.value === sent) input.value = "";
+        showCount();
         clearTimeout(errorTimer);
         notice("error", null);
         notice("readonly", null);
         notice("offline", null);
       } else if (response.status === 503) {
-        checkLeader(await problemDetail(response));
+        showError(await problemDetail(response));
+        checkLeader();
       } else {
         showError(await problemDetail(response));
       }
     } catch (_) {
-      notice("offline", "The guestbook cannot be reached right now. Retrying…");
+      showError("The message could not be sent: the guestbook did not answer. Please try again.");
       checkReady();
     } finally {
+      sending = false;
       if (button) button.disabled = false;
       form.removeAttribute("aria-busy");
       input.focus();
     }
+  }
+
+  // The script checks the text itself, with reasons in words; the browser's own bubbles would
+  // let a text of spaces through and say nothing of the length.
+  form.noValidate = true;
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send();
+  });
+
+  input.addEventListener("keydown", (event) => {
+    // isComposing: Enter also confirms a word in an input method, which must not post.
+    if (event.key !== "Enter" || event.shiftKey || event.altKey || event.isComposing) return;
+    event.preventDefault();
+    send();
   });
 
   input.addEventListener("input", () => {
+    showCount();
     if (notices.has("error")) notice("error", null);
   });
+
+  const keys = document.getElementById("keys");
+  if (keys) keys.hidden = false;
+  showCount();
 
   // --- live updates -----------------------------------------------------------------------
   let source = null;
@@ -247,7 +346,14 @@
       clearTimeout(lostTimer);
       lostTimer = 0;
       notice("live", null);
-      if (liveMark) liveMark.hidden = false;
+      badge(storeDown ? "paused" : "live"); // until the stream's first status says
+    });
+    source.addEventListener("status", (event) => {
+      try {
+        storeStatus(JSON.parse(event.data).store === "unavailable");
+      } catch (_) {
+        // an unknown status changes nothing
+      }
     });
     source.addEventListener("message", (event) => {
       let message = null;
@@ -272,7 +378,7 @@
       // give up for good: reconnect by hand, resuming after the last id seen.
       source.close();
       source = null;
-      if (liveMark) liveMark.hidden = true;
+      badge("off");
       const wait = hint || Math.min(30000, Math.max(500, delay * 2));
       delay = hint ? 0 : wait;
       hint = 0;
