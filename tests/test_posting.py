@@ -308,8 +308,9 @@ async def test_a_retry_after_a_wait_shortfall_with_hung_followers_stores_nothing
 async def test_a_retry_after_a_wait_shortfall_with_killed_followers_stores_nothing_new(
     cluster: Cluster,
 ) -> None:
+    # WAIT gets 80 % of the timeout: room for freshly resynced followers to acknowledge.
     store = MessageStore(
-        cluster.leader.url, cluster.follower_urls().split(","), timeout=0.5, write_replicas=2
+        cluster.leader.url, cluster.follower_urls().split(","), timeout=2, write_replicas=2
     )
     try:
         for follower in cluster.followers:
@@ -319,6 +320,17 @@ async def test_a_retry_after_a_wait_shortfall_with_killed_followers_stores_nothi
         [written] = messages(cluster.leader)
         for follower in cluster.followers:
             follower.start()
+        # The followers say their link is up before the leader counts them as online.
+        wait_until(
+            lambda: (
+                sum(
+                    isinstance(v, dict) and v.get("state") == "online"
+                    for k, v in cluster.leader.client().info("replication").items()
+                    if k.startswith("slave")
+                )
+                == 2
+            )
+        )
 
         retry = await store.submit("hello", CLIENT, idempotency_key="key-1")
     finally:

@@ -9,9 +9,12 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from .messages import DEFAULT_PAGE, ID_PATTERN, MAX_PAGE, Message
-from .problems import HTTPProblem
-from .state import AppState, read_json_body, remember_write, wrote_cookie
+from .bodies import read_json_body
+from .errors import Refused
+from .messages import DEFAULT_PAGE, ID_PATTERN, MAX_PAGE
+from .posting import post
+from .reads import api_page, page_query, remember_write, wrote_cookie
+from .state import AppState
 
 router = APIRouter(prefix="/api", tags=["messages"])
 
@@ -71,17 +74,6 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Problem, "content": {"application/problem+json": {}}} for code in codes}
 
 
-def encode_messages(messages: list[Message], next_id: str | None) -> bytes:
-    body = {"messages": [m.as_dict() for m in messages], "next": next_id}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def encode_page(messages: list[Message], limit: int) -> bytes:
-    """A first page from one more message than shown (the extra one tells if `next` exists)."""
-    shown = messages[:limit]
-    return encode_messages(shown, shown[-1].id if len(messages) > limit and shown else None)
-
-
 @router.get(
     "/messages",
     summary="List messages, newest first",
@@ -101,24 +93,23 @@ async def list_messages(
 ) -> Response:
     """A page of messages, newest first; follow `next` (as `before`) for older ones."""
     state: AppState = request.state.app
-    body = await messages_body(state, limit, before, wrote_cookie(request))
-    return Response(body, media_type=JSON)
+    return await messages_response(state, limit, before, wrote_cookie(request.cookies))
 
 
-async def messages_body(
+async def messages_response(
     state: AppState, limit: int, before: str | None, must_include: str | None
-) -> bytes:
-    """The JSON of a page: a first page from memory when the live head can answer it,
-    anything else from the store (whose errors propagate)."""
-    if before is None:
-        cached = state.feed.first_page(limit, must_include)
-        if cached is not None:
-            state.metrics.page_cache_hit.inc()
-            return state.feed.encoded(("api", limit), lambda: encode_page(cached, limit))
-        state.metrics.page_cache_miss.inc()
-    page = await state.store.page(limit, before, must_include)
-    state.read_from = page.source
-    return encode_messages(page.messages, page.next)
+) -> Response:
+    """The answer to `GET /api/messages`, whichever path serves it."""
+    return Response(await api_page(state, limit, before, must_include), media_type=JSON)
+
+
+async def fast_messages(request: Request, state: AppState) -> Response | None:
+    """The fast path's door to `messages_response`: None for parameters it leaves to the
+    route to explain."""
+    query = page_query(request.query_params)
+    if query is None:
+        return None
+    return await messages_response(state, *query, wrote_cookie(request.cookies))
 
 
 @router.post(
@@ -139,14 +130,14 @@ async def post_message(request: Request) -> Response:
     state: AppState = request.state.app
     payload = await read_json_body(request)
     if not isinstance(payload, dict):
-        raise HTTPProblem(422, 'The body must be a JSON object such as {"text": "Hello"}.')
+        raise Refused(422, 'The body must be a JSON object such as {"text": "Hello"}.')
     unknown = set(payload) - {"text"}
     if unknown:
-        raise HTTPProblem(422, f"Unknown field(s): {', '.join(sorted(unknown))}.")
+        raise Refused(422, f"Unknown field(s): {', '.join(sorted(unknown))}.")
     text = payload.get("text")
     if not isinstance(text, str):
-        raise HTTPProblem(422, "'text' is required and must be a string.")
-    message = await state.post(request, text)
+        raise Refused(422, "'text' is required and must be a string.")
+    message = await post(state, request, text)
     response = Response(
         json.dumps(message.as_dict(), ensure_ascii=False),
         status_code=201,

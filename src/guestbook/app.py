@@ -17,31 +17,30 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from . import __version__, api, docs, legacy, live, ops, pages
-from .errors import (
-    InvalidCursor,
-    InvalidMessage,
-    ReplicationTimeout,
-    StoreError,
-    StoreUnavailable,
-)
-from .fastpath import ReadFastPath
+from .assets import STATIC
+from .errors import GuestbookError
+from .fastpath import FastPath, Handler
 from .feed import Feed
+from .live import Hub
 from .metrics import Metrics
 from .middleware import RequestMiddleware
-from .problems import (
-    HTTPProblem,
-    legacy_error,
-    prefers_html,
-    problem_response,
-    store_problem,
-)
+from .problems import Problem, answer_error, problem_response
 from .ratelimit import RateLimiter
 from .settings import Settings, StoreAddress
 from .state import AppState
 from .store import MessageStore
 
 log = logging.getLogger("guestbook")
-LEGACY_PATHS = ("/guestbook.php", "/guestbook")
+
+# The reads the fast path answers in front of the framework, each with the function its route
+# also calls.
+FAST_HANDLERS: dict[tuple[str, str], Handler] = {
+    ("GET", "/api/messages"): api.fast_messages,
+    ("GET", "/"): pages.fast_page,
+    ("GET", "/guestbook.php"): legacy.fast_get,
+    ("GET", "/guestbook"): legacy.fast_get,
+    ("GET", "/api/messages/stream"): live.fast_stream,
+}
 
 
 class GuestbookApp:
@@ -52,7 +51,7 @@ class GuestbookApp:
     def __init__(self, api: FastAPI, metrics: Metrics) -> None:
         self.api = api
         self.state = api.state
-        self._app = RequestMiddleware(ReadFastPath(api), metrics)
+        self._app = RequestMiddleware(FastPath(api, FAST_HANDLERS), metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._app(scope, receive, send)
@@ -86,6 +85,7 @@ def create_app(
             mode=address.mode,
             limiter=RateLimiter(settings.rate_limit),
         )
+        state.hub = Hub(state)
         app.state.guestbook = state
         feed.start()
         log.info(
@@ -97,7 +97,7 @@ def create_app(
         try:
             yield {"app": state}
         finally:
-            state.shutting_down = True
+            state.shutting_down.set()
             await feed.stop()
             await store.close()
 
@@ -119,7 +119,7 @@ def create_app(
     app.include_router(legacy.router)
     app.include_router(ops.router)
     app.include_router(docs.router)
-    app.mount("/static", pages.STATIC, "static")
+    app.mount("/static", STATIC, "static")
     swagger = docs.assets()
     if swagger is not None:
         app.mount("/docs-assets", swagger, "docs-assets")
@@ -127,16 +127,8 @@ def create_app(
     return GuestbookApp(app, metrics)
 
 
-def _error(
-    request: Request, status: int, detail: str, headers: dict[str, str] | None = None
-) -> Response:
-    """Every error answer: the legacy endpoint's own shape, an HTML page for a browser (by its
-    `Accept`, whatever the path: a person is reading), else a problem document."""
-    if request.url.path in LEGACY_PATHS:
-        return legacy_error(status, detail, headers)
-    if prefers_html(request.headers.get("accept")):
-        return pages.error_page(status, detail, headers)
-    return problem_response(status, detail, headers)
+def _answer(request: Request, problem: Problem) -> Response:
+    return problem_response(problem, request.url.path, request.headers)
 
 
 def _methods_for(app: FastAPI, path: str) -> set[str]:
@@ -146,20 +138,11 @@ def _methods_for(app: FastAPI, path: str) -> set[str]:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPProblem)
-        return _error(request, exc.status, exc.detail, exc.headers)
+    """Every error through `problems`: ours by the one table, the framework's own (validation,
+    404, 405) by their status, anything else as the last-resort 500."""
 
-    async def on_invalid_message(request: Request, exc: Exception) -> Response:
-        return _error(request, 422, str(exc))
-
-    async def on_invalid_cursor(request: Request, exc: Exception) -> Response:
-        return _error(request, 400, str(exc))
-
-    async def on_unavailable(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StoreError)
-        log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return _error(request, *store_problem(exc))
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return answer_error(exc, request.method, request.url.path, request.headers)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -167,7 +150,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         for error in exc.errors():
             where = ".".join(str(p) for p in error.get("loc", ())[1:]) or "request"
             parts.append(f"{where}: {error.get('msg', 'invalid')}")
-        return _error(request, 400, "Invalid parameters: " + "; ".join(parts) + ".")
+        return _answer(request, Problem(400, "Invalid parameters: " + "; ".join(parts) + "."))
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -178,17 +161,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             # one route per method (GET and POST /api/messages) allows them all.
             headers["Allow"] = ", ".join(sorted(documented))
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
-        return _error(request, exc.status_code, detail, headers)
+        return _answer(request, Problem(exc.status_code, detail, headers))
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(request, 500, "Something went wrong on our side; it has been logged.")
-
-    app.add_exception_handler(HTTPProblem, on_problem)
-    app.add_exception_handler(InvalidMessage, on_invalid_message)
-    app.add_exception_handler(InvalidCursor, on_invalid_cursor)
-    app.add_exception_handler(StoreUnavailable, on_unavailable)
-    app.add_exception_handler(ReplicationTimeout, on_unavailable)
+    app.add_exception_handler(GuestbookError, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(Exception, on_error)

@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from starlette.responses import HTMLResponse, Response
 
-from .pages import STATIC, Assets
+from .assets import STATIC, Assets
 
 router = APIRouter(include_in_schema=False)
 

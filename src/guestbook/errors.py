@@ -1,6 +1,9 @@
-"""Every way the store fails, in one place.
+"""Every way a request or the store fails, in one place; `problems.problem_for` is the one
+function that says what each means to a client.
 
 GuestbookError
+├── Refused              a request refused as it stands, with the status given where it is
+│                        raised: a body too large (413), of the wrong type (415), malformed (400)
 ├── InvalidMessage       the text is empty, too long or has forbidden characters (422)
 ├── InvalidCursor        a paging id or message id that is not a stream id (400)
 ├── InvalidPattern       a block-list pattern that is empty or too long (refused before any call)
@@ -24,6 +27,20 @@ class GuestbookError(Exception):
     """Base of everything the store raises on purpose."""
 
 
+class Refused(GuestbookError):
+    """A request that cannot be taken as it is; `status` and `detail` are what the client is told.
+
+    For what only the web layer can see (a body's size and type, a form's fields); everything
+    the store decides has a class of its own below.
+    """
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
 class InvalidMessage(GuestbookError):
     """The text cannot be stored; the message says why, in words fit for a user."""
 
@@ -43,9 +60,10 @@ class IdempotencyConflict(GuestbookError):
 class RateLimited(GuestbookError):
     """The client posted its limit within the last minute; nothing was stored."""
 
-    def __init__(self, retry_after: int) -> None:
+    def __init__(self, retry_after: int, limit: int | None = None) -> None:
         super().__init__(f"too many posts; the next one is taken in {retry_after} s")
         self.retry_after = retry_after
+        self.limit = limit
 
 
 class StoreError(GuestbookError):

@@ -50,8 +50,6 @@ class Feed:
         self._stopping = False
         self._check_at = 0.0
         self._task: asyncio.Task[None] | None = None
-        self._encoded: dict[object, bytes] = {}
-        self._encoded_version = -1
         self._newest_first: list[Message] = []
         self._newest_first_version = -1
 
@@ -115,16 +113,6 @@ class Feed:
         if self.head_id is None:
             return None
         return list(reversed(self.recent))[: limit + 1]
-
-    def encoded(self, key: object, build: Callable[[], bytes]) -> bytes:
-        """A response body built once per key and cache version (dropped on any change)."""
-        if self._encoded_version != self.version:
-            self._encoded.clear()
-            self._encoded_version = self.version
-        body = self._encoded.get(key)
-        if body is None:
-            body = self._encoded[key] = build()
-        return body
 
     # --- the reader ----------------------------------------------------------------------
 

@@ -15,37 +15,49 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from .problems import HTTPProblem
-from .state import AppState, remember_write
+from .errors import Refused
+from .posting import post
+from .reads import legacy_list, remember_write
+from .state import AppState
 
 router = APIRouter(tags=["legacy"])
-
-# The most messages `get` returns, newest kept: the old page sends the whole list back with
-# every post, in a query string, so it must stay a size a browser can send.
-LEGACY_LIMIT = 1000
+JSON = "application/json"
 
 
 async def _legacy(request: Request, cmd: str, value: str | None) -> Response:
     """`cmd` and `key` were checked by their declared types (an unknown one is a 400)."""
     state: AppState = request.state.app
     if cmd == "get":
-        messages = await state.store.newest_oldest_first(LEGACY_LIMIT)
-        # json.dumps' default separators give exactly the PHP page's `{"data": "..."}`.
-        return Response(
-            json.dumps({"data": ",".join(m.text for m in messages)}), media_type="application/json"
-        )
+        return await legacy_get(state)
     if value is None:
-        raise HTTPProblem(400, "cmd=set needs a value.")
+        raise Refused(400, "cmd=set needs a value.")
     entry = value.rsplit(",", 1)[-1].strip()
     if not entry:
-        raise HTTPProblem(400, "The last entry of value is empty.")
-    message = await state.post(request, entry)
-    response = Response(json.dumps({"message": "Updated"}), media_type="application/json")
+        raise Refused(400, "The last entry of value is empty.")
+    message = await post(state, request, entry)
+    response = Response(json.dumps({"message": "Updated"}), media_type=JSON)
     remember_write(response, message.id)
     return response
 
 
+async def legacy_get(state: AppState) -> Response:
+    """The answer to `cmd=get`, whichever path serves it."""
+    return Response(await legacy_list(state), media_type=JSON)
+
+
+async def fast_get(request: Request, state: AppState) -> Response | None:
+    """The fast path's door to `legacy_get`: a plain `cmd=get` (with the key or without);
+    anything else is the route's to check and answer."""
+    params = request.query_params
+    if len(params.multi_items()) != len(params) or not set(params) <= {"cmd", "key"}:
+        return None
+    if params.get("cmd") != "get" or params.get("key", "messages") not in KEYS:
+        return None
+    return await legacy_get(state)
+
+
 Cmd = Annotated[Literal["get", "set"], Query(description="get or set")]
+KEYS = ("messages", "guestbook")
 Key = Annotated[
     Literal["messages", "guestbook"] | None,
     Query(description="messages (or guestbook, the GKE variant's name); may be left out"),

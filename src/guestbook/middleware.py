@@ -6,16 +6,14 @@ One pure-ASGI wrapper does all of it so that the read path pays for one layer, n
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import AccessLog
 from .metrics import Metrics
-
-log = logging.getLogger("guestbook")
+from .problems import answer_error
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -30,23 +28,6 @@ _SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
-
-_INTERNAL_ERROR_BODY = json.dumps(
-    {
-        "type": "about:blank",
-        "title": "Internal Server Error",
-        "status": 500,
-        "detail": "Something went wrong on our side; it has been logged.",
-    }
-).encode()
-_INTERNAL_ERROR_START: Message = {
-    "type": "http.response.start",
-    "status": 500,
-    "headers": [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(_INTERNAL_ERROR_BODY)).encode()),
-    ],
-}
 
 
 class RequestMiddleware:
@@ -76,7 +57,7 @@ class RequestMiddleware:
                 headers.append((b"content-security-policy", csp))
                 headers.extend(_SECURITY_HEADERS)
                 state = scope.get("state", {}).get("app")
-                if state is not None and state.shutting_down:
+                if state is not None and state.shutting_down.is_set():
                     # Stopping: keep-alive clients should reconnect to another instance.
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
@@ -84,14 +65,13 @@ class RequestMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except Exception:
+        except Exception as exc:
             if started:
                 return  # answered already (FastAPI's own handler logged it)
-            # Whatever escaped the fast path in front of the app is logged here and answered
-            # as a bare problem document: no trace or detail reaches the client.
-            log.exception("unhandled error on %s %s", scope["method"], path)
-            await send_wrapper(_INTERNAL_ERROR_START)
-            await send_wrapper({"type": "http.response.body", "body": _INTERNAL_ERROR_BODY})
+            # Whatever escaped the fast path in front of the app is logged and answered the
+            # way every error is: no trace or detail reaches the client.
+            response = answer_error(exc, scope["method"], path, Headers(scope=scope))
+            await response(scope, receive, send_wrapper)
         finally:
             duration = time.perf_counter() - start
             route = scope.get("route")

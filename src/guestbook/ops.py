@@ -21,7 +21,7 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     """200 when reads can be served; 503 when no store server answers or while stopping."""
     state: AppState = request.state.app
-    if state.shutting_down:
+    if state.shutting_down.is_set():
         return PlainTextResponse("shutting down\n", status_code=503)
     if state.feed.live or await state.store.readable():
         return PlainTextResponse("ready\n")

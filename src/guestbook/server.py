@@ -126,7 +126,7 @@ async def _run(
         stopping = True
         state = getattr(app.state, "guestbook", None)
         if state is not None:
-            state.shutting_down = True
+            state.shutting_down.set()
         loop.call_later(drain, server.stop)
 
     def on_signal(signum: int) -> None:

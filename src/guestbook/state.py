@@ -1,29 +1,39 @@
-"""What the app holds for its lifetime (created in the lifespan) and the request helpers that
-every router shares: reading a bounded body, posting a message, read-your-writes cookies."""
+"""What the app holds for its lifetime: built whole in the lifespan, published once, closed on
+the way out. Requests reach it as `request.state.app` (the lifespan's state)."""
 
 from __future__ import annotations
 
-import json
-import math
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import parse_qs
-
-from starlette.requests import Request
-from starlette.responses import Response
+from typing import TYPE_CHECKING, Any
 
 from .feed import Feed
-from .messages import Message, clean_text, is_id
 from .metrics import Metrics
-from .problems import HTTPProblem
 from .ratelimit import RateLimiter
 from .settings import Settings
 from .store import MessageStore
 
-MAX_BODY = 16 * 1024
-WROTE_COOKIE = "gb_wrote"
-# Long enough for any follower to catch up; after that the leader need not be asked.
-WROTE_MAX_AGE = 60
+if TYPE_CHECKING:
+    from .live import Hub
+
+
+class BodyCache:
+    """Response bodies built from the feed's memory, kept until the feed changes."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+        self._bodies: dict[object, bytes] = {}
+        self._version = -1
+
+    def get(self, key: object, build: Callable[[], bytes]) -> bytes:
+        if self._version != self.feed.version:
+            self._bodies.clear()
+            self._version = self.feed.version
+        body = self._bodies.get(key)
+        if body is None:
+            body = self._bodies[key] = build()
+        return body
 
 
 @dataclass
@@ -35,25 +45,17 @@ class AppState:
     instance: str
     mode: str
     limiter: RateLimiter
-    shutting_down: bool = False
+    # Set on SIGTERM (by the server) and at the lifespan's end: readiness turns 503, live
+    # streams end with a reconnect hint, responses ask keep-alive clients to go elsewhere.
+    shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+    # The live clients; made right after this object, in the lifespan, since it reads it.
+    hub: Hub = field(init=False)
+    # First-page bodies encoded once per change of the feed, shared by every reader.
+    bodies: BodyCache = field(init=False)
     read_from: str = "follower"
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    async def post(self, request: Request, raw_text: str) -> Message:
-        """Validate, rate-limit and append; raises what the error handlers turn into answers."""
-        text = clean_text(raw_text, self.settings.max_message_chars)
-        client = request.client.host if request.client else "unknown"
-        wait = self.limiter.check(client)
-        if wait is not None:
-            raise HTTPProblem(
-                429,
-                f"Too many posts: at most {self.limiter.per_minute} a minute. "
-                f"Try again in {math.ceil(wait)} s.",
-                {"Retry-After": str(math.ceil(wait))},
-            )
-        message = await self.store.append(text)
-        self.metrics.messages_posted.inc()
-        return message
+    def __post_init__(self) -> None:
+        self.bodies = BodyCache(self.feed)
 
     async def status_dict(self) -> dict[str, Any]:
         status = await self.store.status()
@@ -67,62 +69,3 @@ class AppState:
             "live_clients": self.feed.subscriber_count,
             "reading_from": self.feed.source if self.feed.live else self.read_from,
         }
-
-
-async def read_body(request: Request) -> bytes:
-    """The body, refusing more than 16 KiB before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise HTTPProblem(400, "Content-Length is not a number.")
-        if int(declared) > MAX_BODY:
-            raise HTTPProblem(413, f"The body is over {MAX_BODY // 1024} KiB.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise HTTPProblem(413, f"The body is over {MAX_BODY // 1024} KiB.")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-async def read_json_body(request: Request) -> Any:
-    if _media_type(request) != "application/json":
-        raise HTTPProblem(415, "Send the message as application/json.")
-    body = await read_body(request)
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise HTTPProblem(400, "The body is not valid JSON.") from None
-
-
-async def read_form_text(request: Request) -> str:
-    """The `text` field of a urlencoded form post."""
-    if _media_type(request) != "application/x-www-form-urlencoded":
-        raise HTTPProblem(415, "Send the form as application/x-www-form-urlencoded.")
-    body = await read_body(request)
-    try:
-        fields = parse_qs(body.decode("utf-8", errors="strict"), keep_blank_values=True)
-    except (UnicodeDecodeError, ValueError):
-        raise HTTPProblem(400, "The form is not valid UTF-8.") from None
-    values = fields.get("text")
-    if not values:
-        raise HTTPProblem(422, "The form has no 'text' field.")
-    return values[-1]
-
-
-def remember_write(response: Response, message_id: str) -> None:
-    """Let the poster's next reads, on any frontend, insist on seeing this message."""
-    response.set_cookie(
-        WROTE_COOKIE, message_id, max_age=WROTE_MAX_AGE, httponly=True, samesite="lax"
-    )
-
-
-def wrote_cookie(request: Request) -> str | None:
-    value = request.cookies.get(WROTE_COOKIE)
-    return value if value and is_id(value) else None

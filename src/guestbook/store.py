@@ -553,7 +553,7 @@ class MessageStore:
         if kind == "conflict":
             raise IdempotencyConflict("this Idempotency-Key was first used for another message")
         if kind == "rate":
-            raise RateLimited(max(1, math.ceil(int(reply[1]) / 1000)))
+            raise RateLimited(max(1, math.ceil(int(reply[1]) / 1000)), rate_limit)
         status = cast(Literal["published", "held"], kind)
         entry_id, reason, replayed = str(reply[1]), str(reply[2] or ""), reply[3] == "1"
         # A published message's time is its id's (as `_message` reads it back); a held post's

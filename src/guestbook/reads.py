@@ -1,0 +1,124 @@
+"""One read function per thing read — a page of the API, the page's messages, the legacy
+list — used by the routes and by the fast path alike, so an answer is the same byte for byte
+whichever path gives it; and the read-your-writes rule they all honour.
+
+The first page comes from the feed's memory when it can answer (see `feed.py`), its body
+encoded once per change of the feed; anything else is one store read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from starlette.datastructures import QueryParams
+from starlette.responses import Response
+
+from .messages import DEFAULT_PAGE, MAX_PAGE, Message, is_id
+from .state import AppState
+
+# --- read-your-writes ------------------------------------------------------------------------
+
+WROTE_COOKIE = "gb_wrote"
+# Long enough for any follower to catch up; after that the leader need not be asked.
+WROTE_MAX_AGE = 60
+
+
+def remember_write(response: Response, message_id: str) -> None:
+    """Let the poster's next reads, on any frontend, insist on seeing this message."""
+    response.set_cookie(
+        WROTE_COOKIE, message_id, max_age=WROTE_MAX_AGE, httponly=True, samesite="lax"
+    )
+
+
+def wrote_cookie(cookies: Mapping[str, str]) -> str | None:
+    """The id this reader wrote last, when its cookie holds a well-formed one."""
+    value = cookies.get(WROTE_COOKIE)
+    return value if value and is_id(value) else None
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PageRead:
+    """Messages newest first (at most the page's size), the cursor onwards, and whether they
+    came from the feed's memory (then the same for every reader until the feed changes)."""
+
+    messages: list[Message]
+    next: str | None
+    from_memory: bool
+
+
+def memory_page(state: AppState, limit: int, must_include: str | None) -> PageRead | None:
+    """The first page from the feed's memory, or None when memory cannot answer it."""
+    newest = state.feed.first_page(limit, must_include)
+    if newest is None:
+        return None
+    state.metrics.page_cache_hit.inc()
+    shown = newest[:limit]
+    return PageRead(shown, shown[-1].id if len(newest) > limit and shown else None, True)
+
+
+async def read_page(
+    state: AppState, limit: int, before: str | None, must_include: str | None
+) -> PageRead:
+    """A page, newest first: the first page from memory when it can answer, else the store
+    (whose errors propagate)."""
+    if before is None:
+        cached = memory_page(state, limit, must_include)
+        if cached is not None:
+            return cached
+        state.metrics.page_cache_miss.inc()
+    page = await state.store.page(limit, before, must_include)
+    state.read_from = page.source
+    return PageRead(page.messages, page.next, False)
+
+
+def encode_page(read: PageRead) -> bytes:
+    body = {"messages": [m.as_dict() for m in read.messages], "next": read.next}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def api_page(
+    state: AppState, limit: int, before: str | None, must_include: str | None
+) -> bytes:
+    """The JSON of `GET /api/messages`."""
+    read = await read_page(state, limit, before, must_include)
+    if read.from_memory:
+        return state.bodies.get(("api", limit), lambda: encode_page(read))
+    return encode_page(read)
+
+
+def page_query(params: QueryParams) -> tuple[int, str | None] | None:
+    """`limit` and `before` of an API page when both are well-formed or absent, each given at
+    most once and nothing else given; None leaves the request to the framework, whose declared
+    parameters (the same rules: `MAX_PAGE`, `ID_PATTERN`) explain what is wrong."""
+    if len(params.multi_items()) != len(params) or not set(params) <= {"limit", "before"}:
+        return None
+    raw_limit = params.get("limit")
+    limit = DEFAULT_PAGE
+    if raw_limit is not None:
+        # isascii: str.isdigit admits "²" and other digits int() refuses.
+        if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_PAGE):
+            return None
+        limit = int(raw_limit)
+    before = params.get("before")
+    if before is not None and not is_id(before):
+        return None
+    return limit, before
+
+
+# --- the legacy list -------------------------------------------------------------------------
+
+# The most messages `get` returns, newest kept: the old page sends the whole list back with
+# every post, in a query string, so it must stay a size a browser can send.
+LEGACY_LIMIT = 1000
+
+
+async def legacy_list(state: AppState) -> bytes:
+    """`{"data": "m1,m2,..."}`, oldest first, for the original PHP page."""
+    messages = await state.store.newest_oldest_first(LEGACY_LIMIT)
+    # json.dumps' default separators give exactly the PHP page's `{"data": "..."}`.
+    return json.dumps({"data": ",".join(m.text for m in messages)}).encode()
