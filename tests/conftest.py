@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,8 +307,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     cluster.stop()
 
 
+MakeFrontend = Callable[..., Frontend]
+
+
+def post(client: httpx.Client, text: str) -> httpx.Response:
+    """POST a message through the JSON API; the answer as it came."""
+    return client.post("/api/messages", json={"text": text})
+
+
 @pytest.fixture
-def make_frontend(tmp_path: Path) -> Iterator[object]:
+def make_frontend(tmp_path: Path) -> Iterator[MakeFrontend]:
     started: list[Frontend] = []
 
     def make(cluster: Cluster | None = None, wait_ready: bool = True, **extra: str) -> Frontend:

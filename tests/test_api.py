@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import Cluster, Frontend
+from conftest import Cluster, Frontend, MakeFrontend, post
 
 TRICKY = [
     "a, b, c",
@@ -20,10 +20,6 @@ TRICKY = [
     "日本語のテキスト, Ελληνικά, русский, עברית, العربية",
     "line one\nline two\twith tab",
 ]
-
-
-def post(client: httpx.Client, text: str) -> httpx.Response:
-    return client.post("/api/messages", json={"text": text})
 
 
 def test_posted_message_comes_back_with_id_and_time(gb: httpx.Client, token: str) -> None:
@@ -68,11 +64,11 @@ def _escaped_jinja(text: str) -> str:
 
 
 def test_two_hundred_concurrent_posters_lose_nothing(
-    shared_cluster: Cluster, make_frontend: object, token: str
+    shared_cluster: Cluster, make_frontend: MakeFrontend, token: str
 ) -> None:
     # What is pinned is that nothing is lost or overwritten; a generous store timeout keeps a
     # loaded test machine's fsyncs (the leader writes every post to disk) out of the picture.
-    frontend: Frontend = make_frontend(shared_cluster, GUESTBOOK_STORE_TIMEOUT="10")  # type: ignore[operator]
+    frontend: Frontend = make_frontend(shared_cluster, GUESTBOOK_STORE_TIMEOUT="10")
     gb = frontend.http()
     texts = [f"{token} poster {i}" for i in range(200)]
     barrier = threading.Barrier(200)

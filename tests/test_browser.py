@@ -25,11 +25,10 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from conftest import Cluster, Frontend, wait_until
+from conftest import Cluster, Frontend, MakeFrontend, wait_until
 from test_pages import contrast
 
 pytestmark = pytest.mark.browser
-MakeFrontend = Callable[..., Frontend]
 
 # Headless and offline: the machines that run this have no network beyond loopback, so
 # everything Chromium would fetch for itself is turned off.

@@ -13,21 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from conftest import Cluster, Frontend, wait_until
+from conftest import Cluster, Frontend, MakeFrontend, post, wait_until
 
 CONTRACT_DEADLINE = 2.0
-
-
-def post(client: httpx.Client, text: str) -> httpx.Response:
-    return client.post("/api/messages", json={"text": text})
 
 
 def texts(client: httpx.Client, **params: object) -> list[str]:
     return [m["text"] for m in client.get("/api/messages", params=params).json()["messages"]]
 
 
-def test_reads_survive_a_killed_follower(cluster: Cluster, make_frontend: object) -> None:
-    frontend: Frontend = make_frontend(cluster)  # type: ignore[operator]
+def test_reads_survive_a_killed_follower(cluster: Cluster, make_frontend: MakeFrontend) -> None:
+    frontend: Frontend = make_frontend(cluster)
     with frontend.http() as gb:
         first = post(gb, "before the fault").json()
         post(gb, "newest")
@@ -41,9 +37,9 @@ def test_reads_survive_a_killed_follower(cluster: Cluster, make_frontend: object
 
 
 def test_reads_fall_back_quickly_when_every_follower_hangs(
-    cluster: Cluster, make_frontend: object
+    cluster: Cluster, make_frontend: MakeFrontend
 ) -> None:
-    frontend: Frontend = make_frontend(cluster)  # type: ignore[operator]
+    frontend: Frontend = make_frontend(cluster)
     with frontend.http() as gb:
         post(gb, "kept")
         for follower in cluster.followers:
@@ -63,9 +59,9 @@ def test_reads_fall_back_quickly_when_every_follower_hangs(
 
 
 def test_killed_leader_makes_writes_503_fast_and_they_recover_by_themselves(
-    cluster: Cluster, make_frontend: object
+    cluster: Cluster, make_frontend: MakeFrontend
 ) -> None:
-    frontend: Frontend = make_frontend(cluster)  # type: ignore[operator]
+    frontend: Frontend = make_frontend(cluster)
     with frontend.http() as gb:
         post(gb, "acknowledged")
         cluster.followers[0].wait_synced()
@@ -90,9 +86,9 @@ def test_killed_leader_makes_writes_503_fast_and_they_recover_by_themselves(
 
 
 def test_hung_leader_makes_writes_503_within_two_seconds(
-    cluster: Cluster, make_frontend: object
+    cluster: Cluster, make_frontend: MakeFrontend
 ) -> None:
-    frontend: Frontend = make_frontend(cluster, GUESTBOOK_STORE_TIMEOUT="1")  # type: ignore[operator]
+    frontend: Frontend = make_frontend(cluster, GUESTBOOK_STORE_TIMEOUT="1")
     with frontend.http() as gb:
         cluster.leader.hang()
         try:
@@ -110,10 +106,10 @@ def test_hung_leader_makes_writes_503_within_two_seconds(
 
 
 def test_poster_sees_own_message_while_followers_lag(
-    cluster: Cluster, make_frontend: object
+    cluster: Cluster, make_frontend: MakeFrontend
 ) -> None:
-    one: Frontend = make_frontend(cluster)  # type: ignore[operator]
-    other: Frontend = make_frontend(cluster)  # type: ignore[operator]
+    one: Frontend = make_frontend(cluster)
+    other: Frontend = make_frontend(cluster)
     with one.http() as gb:
         post(gb, "seen by all")
         for follower in cluster.followers:
@@ -139,8 +135,8 @@ def test_poster_sees_own_message_while_followers_lag(
             follower.wait_synced()
 
 
-def test_readiness_follows_the_store(cluster: Cluster, make_frontend: object) -> None:
-    frontend: Frontend = make_frontend(cluster)  # type: ignore[operator]
+def test_readiness_follows_the_store(cluster: Cluster, make_frontend: MakeFrontend) -> None:
+    frontend: Frontend = make_frontend(cluster)
     with frontend.http() as gb:
         cluster.stop()
         wait_until(lambda: gb.get("/readyz").status_code == 503, timeout=15)
@@ -152,7 +148,9 @@ def test_readiness_follows_the_store(cluster: Cluster, make_frontend: object) ->
         wait_until(lambda: gb.get("/readyz").status_code == 200, timeout=15)
 
 
-def test_start_up_does_not_need_a_reachable_store(tmp_path: object, make_frontend: object) -> None:
+def test_start_up_does_not_need_a_reachable_store(
+    tmp_path: object, make_frontend: MakeFrontend
+) -> None:
     frontend: Frontend = make_frontend(  # type: ignore[operator]
         None, wait_ready=False, GUESTBOOK_REDIS_LEADER_URL="redis://127.0.0.1:1/0"
     )
@@ -161,8 +159,8 @@ def test_start_up_does_not_need_a_reachable_store(tmp_path: object, make_fronten
         assert gb.get("/readyz").status_code == 503
 
 
-def test_write_replicas_waits_for_followers(cluster: Cluster, make_frontend: object) -> None:
-    frontend: Frontend = make_frontend(cluster, GUESTBOOK_WRITE_REPLICAS="2")  # type: ignore[operator]
+def test_write_replicas_waits_for_followers(cluster: Cluster, make_frontend: MakeFrontend) -> None:
+    frontend: Frontend = make_frontend(cluster, GUESTBOOK_WRITE_REPLICAS="2")
     with frontend.http() as gb:
         response = post(gb, "on three servers")
         assert response.status_code == 201
@@ -186,8 +184,8 @@ def test_write_replicas_waits_for_followers(cluster: Cluster, make_frontend: obj
             cluster.followers[1].resume()
 
 
-def test_posts_over_the_rate_limit_are_429(cluster: Cluster, make_frontend: object) -> None:
-    frontend: Frontend = make_frontend(cluster, GUESTBOOK_RATE_LIMIT="3")  # type: ignore[operator]
+def test_posts_over_the_rate_limit_are_429(cluster: Cluster, make_frontend: MakeFrontend) -> None:
+    frontend: Frontend = make_frontend(cluster, GUESTBOOK_RATE_LIMIT="3")
     with frontend.http() as gb:
         assert [post(gb, f"m{i}").status_code for i in range(3)] == [201, 201, 201]
         response = post(gb, "one too many")
@@ -198,8 +196,8 @@ def test_posts_over_the_rate_limit_are_429(cluster: Cluster, make_frontend: obje
         assert len(texts(gb)) == 3
 
 
-def test_sigterm_under_load_fails_no_request(cluster: Cluster, make_frontend: object) -> None:
-    frontend: Frontend = make_frontend(cluster, GUESTBOOK_SHUTDOWN_DRAIN="1")  # type: ignore[operator]
+def test_sigterm_under_load_fails_no_request(cluster: Cluster, make_frontend: MakeFrontend) -> None:
+    frontend: Frontend = make_frontend(cluster, GUESTBOOK_SHUTDOWN_DRAIN="1")
     statuses: list[int] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -235,9 +233,9 @@ def test_sigterm_under_load_fails_no_request(cluster: Cluster, make_frontend: ob
 
 
 def test_frontend_forgets_messages_the_store_no_longer_has(
-    cluster: Cluster, make_frontend: object
+    cluster: Cluster, make_frontend: MakeFrontend
 ) -> None:
-    frontend: Frontend = make_frontend(cluster)  # type: ignore[operator]
+    frontend: Frontend = make_frontend(cluster)
     with frontend.http() as gb:
         post(gb, "soon gone")
         assert texts(gb) == ["soon gone"]
@@ -248,11 +246,11 @@ def test_frontend_forgets_messages_the_store_no_longer_has(
 
 
 def test_a_demoted_leader_answers_writes_503_and_the_next_write_asks_again(
-    cluster: Cluster, make_frontend: object
+    cluster: Cluster, make_frontend: MakeFrontend
 ) -> None:
     """A leader demoted by hand (or by a failover) answers READONLY: that is a store that
     cannot take writes now, not a server error."""
-    frontend: Frontend = make_frontend(cluster)  # type: ignore[operator]
+    frontend: Frontend = make_frontend(cluster)
     with frontend.http() as gb:
         assert post(gb, "before the demotion").status_code == 201
         other = cluster.followers[0]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import Cluster
+from conftest import Cluster, MakeFrontend
 
 
 @pytest.mark.parametrize("path", ["/guestbook.php", "/guestbook"])
 def test_kubernetes_conformance_flow_byte_for_byte(
-    cluster: Cluster, make_frontend: object, path: str
+    cluster: Cluster, make_frontend: MakeFrontend, path: str
 ) -> None:
-    frontend = make_frontend(cluster)  # type: ignore[operator]
+    frontend = make_frontend(cluster)
     with frontend.http() as gb:
         assert gb.get(f"{path}?cmd=get&key=messages&value=").content == b'{"data": ""}'
         set_response = gb.get(f"{path}?cmd=set&key=messages&value=TestEntry")

@@ -19,10 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import HOST, Cluster, Frontend, wait_until
+from conftest import HOST, Cluster, Frontend, MakeFrontend, wait_until
 
 STREAM = "guestbook:messages"
-MakeFrontend = Callable[..., Frontend]
 
 
 @dataclass(frozen=True)

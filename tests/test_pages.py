@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import gzip
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import Cluster, Frontend, wait_until
+from conftest import Cluster, Frontend, MakeFrontend, wait_until
 from guestbook.problems import POSTING_PAUSED, prefers_html
 
-MakeFrontend = Callable[..., Frontend]
 STATIC = Path(__file__).resolve().parent.parent / "src" / "guestbook" / "static"
 # What Chromium sends when it navigates to a page.
 BROWSER = {

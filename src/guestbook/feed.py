@@ -98,7 +98,7 @@ class Feed:
         """The newest `limit` messages, newest first, or None when memory cannot answer."""
         if not self.live:
             return None
-        wanted = must_include or self.store.last_write_id
+        wanted = self.store.must_show(must_include)
         if wanted is not None and (self.head_id is None or id_key(self.head_id) < id_key(wanted)):
             return None
         if self._newest_first_version != self.version:

@@ -578,6 +578,11 @@ class MessageStore:
         so that its pages show it as they show its own posts."""
         self._note_write(entry_id)
 
+    def must_show(self, must_include: str | None) -> str | None:
+        """The read-your-writes rule, the one definition: a read must hold the newer of the
+        reader's own write (its cookie) and this process's last write, when there is one."""
+        return _newest(must_include, self.last_write_id)
+
     def _note_write(self, entry_id: str) -> None:
         if self.last_write_id is None or id_key(entry_id) > id_key(self.last_write_id):
             self.last_write_id = entry_id
@@ -617,7 +622,7 @@ class MessageStore:
         the page comes from the leader instead, so a poster always sees their own message.
         """
         limit = max(1, min(MAX_PAGE, limit))
-        wanted = _newest(must_include, self.last_write_id)
+        wanted = self.must_show(must_include)
         if before is not None:
             bound = parse_id(before)
             if bound == (0, 0):
@@ -777,7 +782,7 @@ class MessageStore:
             return _xrevrange(client, "+", limit)
 
         entries, _ = await self._read(fetch, "legacy_get")
-        wanted = self.last_write_id
+        wanted = self.must_show(None)
         if wanted is not None and (not entries or id_key(entries[0][0]) < id_key(wanted)):
             with contextlib.suppress(StoreUnavailable):
                 entries = await self._call(self._leader, fetch, "legacy_get")
