@@ -151,6 +151,8 @@ def test_flags_exist_for_every_guestbook_variable() -> None:
         "GUESTBOOK_WRITE_REPLICAS", "GUESTBOOK_STORE_TIMEOUT", "GUESTBOOK_RATE_LIMIT",
         "GUESTBOOK_LOG_LEVEL", "GUESTBOOK_LOG_FORMAT", "GUESTBOOK_SHUTDOWN_DRAIN",
         "GUESTBOOK_SSE_HEARTBEAT", "GUESTBOOK_SSE_QUEUE", "GET_HOSTS_FROM",
+        "GUESTBOOK_ADMIN_TOKEN", "GUESTBOOK_MODERATION", "GUESTBOOK_MAX_LINKS",
+        "GUESTBOOK_TRUSTED_PROXIES",
     }  # fmt: skip
     assert {env for env, _ in FLAGS.values()} == documented
 
@@ -210,3 +212,39 @@ def test_serve_with_a_bad_url_never_prints_its_password(tmp_path: Path) -> None:
 
 def test_a_password_in_the_user_name_place_is_redacted_too() -> None:
     assert redact_url(f"redis://{SECRET}@host:6379/0") == "redis://***@host:6379/0"
+
+
+def test_moderation_settings_are_read_and_checked() -> None:
+    settings = Settings.from_env(
+        {
+            "GUESTBOOK_ADMIN_TOKEN": "a-moderator-token-of-some-length",
+            "GUESTBOOK_MODERATION": "PRE",
+            "GUESTBOOK_MAX_LINKS": "0",
+            "GUESTBOOK_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16,fd00::/8",
+        }
+    )
+    assert settings.moderation == "pre"
+    assert settings.max_links == 0
+    assert [str(n) for n in settings.trusted_proxies] == [
+        "10.0.0.1/32",
+        "192.168.0.0/16",
+        "fd00::/8",
+    ]
+    assert "a-moderator-token" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GUESTBOOK_MODERATION": "post"}, "GUESTBOOK_MODERATION"),
+        ({"GUESTBOOK_MAX_LINKS": "-1"}, "GUESTBOOK_MAX_LINKS"),
+        ({"GUESTBOOK_TRUSTED_PROXIES": "10.0.0.0/33"}, "GUESTBOOK_TRUSTED_PROXIES"),
+        ({"GUESTBOOK_ADMIN_TOKEN": "short-secret"}, "GUESTBOOK_ADMIN_TOKEN"),
+    ],
+)
+def test_bad_moderation_values_name_their_variable_and_never_the_token(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named) as caught:
+        Settings.from_env(env)
+    assert "short-secret" not in str(caught.value)

@@ -41,7 +41,20 @@ FLAGS: dict[str, tuple[str, str]] = {
         "acknowledge a write once this many followers have it (0)",
     ),
     "--store-timeout": ("GUESTBOOK_STORE_TIMEOUT", "seconds a store call may take (1)"),
-    "--rate-limit": ("GUESTBOOK_RATE_LIMIT", "posts per minute per client; 0 = off (30)"),
+    "--rate-limit": (
+        "GUESTBOOK_RATE_LIMIT",
+        "posts per minute per client, counted across all frontends; 0 = off (30)",
+    ),
+    "--admin-token": (
+        "GUESTBOOK_ADMIN_TOKEN",
+        "the moderators' bearer token, at least 16 characters (unset: moderation API 403)",
+    ),
+    "--moderation": ("GUESTBOOK_MODERATION", "off, or pre: hold every post for approval (off)"),
+    "--max-links": ("GUESTBOOK_MAX_LINKS", "hold a post with more links than this (2)"),
+    "--trusted-proxies": (
+        "GUESTBOOK_TRUSTED_PROXIES",
+        "addresses or CIDRs of proxies whose X-Forwarded-For is believed",
+    ),
     "--log-level": ("GUESTBOOK_LOG_LEVEL", f"{', '.join(LOG_LEVELS)} (info)"),
     "--log-format": ("GUESTBOOK_LOG_FORMAT", "text or json (text on a terminal, else json)"),
     "--shutdown-drain": (

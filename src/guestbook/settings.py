@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +26,7 @@ LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+MIN_TOKEN_CHARS = 16
 
 
 class ConfigError(ValueError):
@@ -63,6 +65,15 @@ class Settings(BaseSettings):
     write_replicas: int = Field(0, ge=0, le=1000, validation_alias="GUESTBOOK_WRITE_REPLICAS")
     store_timeout: float = Field(1.0, ge=0.01, le=60.0, validation_alias="GUESTBOOK_STORE_TIMEOUT")
     rate_limit: int = Field(30, ge=0, le=1_000_000, validation_alias="GUESTBOOK_RATE_LIMIT")
+    # Moderation: the moderators' bearer token (never shown: SecretStr), whether every post
+    # waits for approval, how many links a post may carry before it is held, and the proxies
+    # whose X-Forwarded-For names the client.
+    admin_token: SecretStr | None = Field(None, validation_alias="GUESTBOOK_ADMIN_TOKEN")
+    moderation: Literal["off", "pre"] = Field("off", validation_alias="GUESTBOOK_MODERATION")
+    max_links: int = Field(2, ge=0, le=1000, validation_alias="GUESTBOOK_MAX_LINKS")
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = Field(
+        (), validation_alias="GUESTBOOK_TRUSTED_PROXIES"
+    )
     log_level: LogLevel = Field("info", validation_alias="GUESTBOOK_LOG_LEVEL")
     log_format: LogFormat = Field(
         default_factory=_default_log_format, validation_alias="GUESTBOOK_LOG_FORMAT"
@@ -115,12 +126,35 @@ class Settings(BaseSettings):
                 _check_redis_url(url)
         return value
 
+    @field_validator("admin_token", mode="after")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        # A token a moderator could guess is no protection; the message never shows it.
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters long")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        networks = []
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            try:
+                networks.append(ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(f"has {part!r}, which is not an address or a CIDR") from None
+        return tuple(networks)
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "moderation", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
