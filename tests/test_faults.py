@@ -75,7 +75,7 @@ def test_killed_leader_makes_writes_503_fast_and_they_recover_by_themselves(
         assert response.json()["detail"].startswith("Posting is paused:")
         assert "leader" not in response.json()["detail"]
         assert 'guestbook_store_errors_total{error="' in gb.get("/metrics").text
-        assert 'operation="append"' in gb.get("/metrics").text
+        assert 'operation="post"' in gb.get("/metrics").text
         assert texts(gb)[0] == "acknowledged"  # reads keep working from followers
         assert gb.get("/readyz").status_code == 200
         cluster.leader.start()  # same port, same append-only file

@@ -393,16 +393,20 @@ async def test_a_post_is_one_script_call_in_one_round_trip(lone: RedisServer) ->
     probe = lone.client()
     try:
         await store.submit("warm-up", CLIENT, rate_limit=30)  # opens the pooled connection
-        # Each INFO is one read of its own; that is the baseline to subtract.
-        baseline = -reads_processed(probe) + reads_processed(probe)
         evals, waits = command_calls(probe, "eval"), command_calls(probe, "wait")
-        reads = reads_processed(probe)  # last before the post, first after: nothing between
-
-        await store.submit("hello", CLIENT, rate_limit=30, idempotency_key="key-1")
-
-        round_trips = reads_processed(probe) - reads - baseline
-        assert round_trips == 1
-        assert command_calls(probe, "eval") - evals == 1
+        # The fewest socket reads over three posts: on a busy machine one post's bytes can
+        # arrive in two reads, but a second round trip would show in every one of them.
+        round_trips = []
+        for attempt in range(3):
+            # Each INFO is one read of its own; that is the baseline to subtract.
+            baseline = -reads_processed(probe) + reads_processed(probe)
+            reads = reads_processed(probe)  # last before the post, first after
+            await store.submit(
+                f"hello {attempt}", CLIENT, rate_limit=30, idempotency_key=f"k{attempt}"
+            )
+            round_trips.append(reads_processed(probe) - reads - baseline)
+        assert min(round_trips) == 1, round_trips
+        assert command_calls(probe, "eval") - evals == 3
         assert command_calls(probe, "wait") == waits
     finally:
         await store.close()

@@ -35,9 +35,9 @@ async def test_a_burst_larger_than_the_pool_waits_instead_of_failing(cluster: Cl
     assert cluster.leader.client().xlen("guestbook:messages") == writers
 
 
-async def test_pages_are_newest_first_and_next_leads_to_the_older_ones(
-    store: MessageStore,
-) -> None:
+async def test_pages_are_newest_first_and_next_leads_to_the_older_ones(cluster: Cluster) -> None:
+    # The leader alone: an older page is read from a follower, which may not have caught up.
+    store = MessageStore(cluster.leader.url, timeout=0.5)
     written = [await store.append(f"message {i}") for i in range(5)]
     first = await store.page(2, must_include=written[-1].id)
     assert [m.text for m in first.messages] == ["message 4", "message 3"]
@@ -45,6 +45,7 @@ async def test_pages_are_newest_first_and_next_leads_to_the_older_ones(
     second = await store.page(2, before=first.next, must_include=written[-1].id)
     assert [m.text for m in second.messages] == ["message 2", "message 1"]
     last = await store.page(2, before=second.next, must_include=written[-1].id)
+    await store.close()
     assert [m.text for m in last.messages] == ["message 0"]
     assert last.next is None
 

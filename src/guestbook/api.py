@@ -12,7 +12,7 @@ from starlette.responses import Response
 from .bodies import read_json_body
 from .errors import Refused
 from .messages import DEFAULT_PAGE, ID_PATTERN, MAX_PAGE
-from .posting import post
+from .posting import idempotency_key, post, remember_held
 from .reads import api_page, page_query, remember_write, wrote_cookie
 from .state import AppState
 
@@ -31,12 +31,22 @@ class MessageIn(BaseModel):
         description="The message; at most GUESTBOOK_MAX_MESSAGE_CHARS characters (500) after "
         "trimming, no control characters other than newline and tab.",
     )
+    website: str | None = Field(
+        None,
+        description="Leave out or empty. The page's hidden honeypot field: people never fill it "
+        "in, bots do, and such a post is held for a moderator.",
+    )
 
 
 class MessageOut(BaseModel):
     id: str = Field(description="Stream id: unique and time-ordered, e.g. 1764156357123-0")
     text: str
     created_at: str = Field(description="UTC, e.g. 2026-11-26T11:25:57.123Z")
+
+
+class HeldOut(MessageOut):
+    id: str = Field(description="The held post's id, which approve and reject take")
+    status: str = Field(description='"held": waiting for a moderator; shown only to its poster')
 
 
 class MessagePage(BaseModel):
@@ -117,7 +127,10 @@ async def fast_messages(request: Request, state: AppState) -> Response | None:
     summary="Post a message",
     status_code=201,
     response_model=MessageOut,
-    responses=_problems(400, 413, 415, 422, 429, 503),
+    responses={
+        202: {"model": HeldOut, "description": "Held for a moderator (pre-moderation or spam)"},
+        **_problems(400, 413, 415, 422, 429, 503),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -126,24 +139,33 @@ async def fast_messages(request: Request, state: AppState) -> Response | None:
     },
 )
 async def post_message(request: Request) -> Response:
-    """Append a message. The answer is the stored message, with its id and time."""
+    """Append a message: `201` with the stored message, or `202` with `"status": "held"` when it
+    waits for a moderator. With an `Idempotency-Key` header, a retry of the same post within
+    24 h answers the same message and stores nothing new."""
     state: AppState = request.state.app
+    key = idempotency_key(request)
     payload = await read_json_body(request)
     if not isinstance(payload, dict):
         raise Refused(422, 'The body must be a JSON object such as {"text": "Hello"}.')
-    unknown = set(payload) - {"text"}
+    unknown = set(payload) - {"text", "website"}
     if unknown:
         raise Refused(422, f"Unknown field(s): {', '.join(sorted(unknown))}.")
     text = payload.get("text")
     if not isinstance(text, str):
         raise Refused(422, "'text' is required and must be a string.")
-    message = await post(state, request, text)
-    response = Response(
-        json.dumps(message.as_dict(), ensure_ascii=False),
-        status_code=201,
-        media_type=JSON,
-    )
-    remember_write(response, message.id)
+    honeypot = payload.get("website")
+    if honeypot is not None and not isinstance(honeypot, str):
+        raise Refused(422, "'website' must be a string.")
+    result = await post(state, request, text, honeypot=honeypot, key=key)
+    body = result.message.as_dict()
+    if result.held:
+        response = Response(
+            json.dumps({**body, "status": "held"}, ensure_ascii=False), 202, media_type=JSON
+        )
+        remember_held(request, response, result.message.id)
+        return response
+    response = Response(json.dumps(body, ensure_ascii=False), 201, media_type=JSON)
+    remember_write(response, result.message.id)
     return response
 
 

@@ -25,7 +25,6 @@ from .live import Hub
 from .metrics import Metrics
 from .middleware import RequestMiddleware
 from .problems import Problem, answer_error, problem_response
-from .ratelimit import RateLimiter
 from .settings import Settings, StoreAddress
 from .state import AppState
 from .store import MessageStore
@@ -83,7 +82,6 @@ def create_app(
             metrics=metrics,
             instance=name,
             mode=address.mode,
-            limiter=RateLimiter(settings.rate_limit),
         )
         state.hub = Hub(state)
         app.state.guestbook = state

@@ -49,8 +49,8 @@ async def read_json_body(request: Request) -> Any:
         raise Refused(400, "The body is not valid JSON.") from None
 
 
-async def read_form_text(request: Request) -> str:
-    """The `text` field of a urlencoded form post."""
+async def read_form(request: Request) -> tuple[str, str | None]:
+    """The `text` field of a urlencoded form post, and its honeypot field `website`."""
     if _media_type(request) != "application/x-www-form-urlencoded":
         raise Refused(415, "Send the form as application/x-www-form-urlencoded.")
     body = await read_body(request)
@@ -66,4 +66,5 @@ async def read_form_text(request: Request) -> str:
     values = fields.get("text")
     if not values:
         raise Refused(422, "The form has no 'text' field.")
-    return values[-1]
+    honeypot = fields.get("website")
+    return values[-1], honeypot[-1] if honeypot else None

@@ -1,5 +1,8 @@
 """The `guestbook` command: `serve` and the store's tools (`status`, `post`, `list`, `export`,
-`import`). Every flag mirrors an environment variable, and both feed one `Settings`."""
+`import`), and moderation on the store directly (`remove`, `queue`, `approve`, `reject`,
+`audit`, `block`), which needs no token: whoever reaches the store may moderate it, and every
+action is audited as `cli`. Every flag mirrors an environment variable, and both feed one
+`Settings`."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, moderation
 from .embedded import EmbeddedError, store_url_for
 from .errors import GuestbookError, StoreUnavailable
 from .importing import parse_import
@@ -154,7 +157,122 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("file", help="the file to import, or - for stdin")
     _add_flags(imp, IMPORT_FLAGS)
+    _add_moderation(commands)
     return parser
+
+
+_ID_HELP = "a message id such as 1764156357123-0"
+_AUDITED = "Audited as done by `cli`; no token is needed, as it works on the store directly."
+
+
+def _add_moderation(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    remove = commands.add_parser(
+        "remove",
+        help="remove a message (audited)",
+        description="Remove the message ID from every frontend's page, API, legacy `get`, feed "
+        "and live clients, and record who, when, why and its text in the audit. "
+        f"{_AUDITED} Prints the id and text removed; an unknown id is an error.",
+    )
+    remove.add_argument("id", metavar="ID", help=f"the message, {_ID_HELP}")
+    remove.add_argument("--reason", default="", help="why, for the audit")
+    _add_flags(remove, STORE_FLAGS)
+
+    queue = commands.add_parser(
+        "queue",
+        help="list held posts, oldest first",
+        description="Print the posts held for review, oldest first, one a line: time, held id, "
+        "reason (pre-moderation, links, blocked-pattern, honeypot or duplicate) and text, line "
+        "breaks shown as ⏎. `guestbook approve ID` publishes one, `guestbook reject ID` "
+        "drops it.",
+    )
+    queue.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help=f"how many (1-{moderation.MAX_QUEUE_PAGE}, default 100)",
+    )
+    queue.add_argument("--after", metavar="ID", help="only posts held after this id")
+    queue.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON lines: {"id", "text", "created_at", "reason"}',
+    )
+    _add_flags(queue, STORE_FLAGS)
+
+    approve = commands.add_parser(
+        "approve",
+        help="publish a held post (audited)",
+        description="Publish the held post ID (the id `guestbook queue` shows) to everyone, "
+        "live, with its original time. It gets a new message id, which is printed. "
+        f"{_AUDITED}",
+    )
+    approve.add_argument("id", metavar="ID", help=f"the held post, {_ID_HELP}")
+    _add_flags(approve, STORE_FLAGS)
+
+    reject = commands.add_parser(
+        "reject",
+        help="drop a held post (audited)",
+        description="Drop the held post ID (the id `guestbook queue` shows): it is never "
+        f"published. {_AUDITED} Without --reason, the audit gives the reason it was held for.",
+    )
+    reject.add_argument("id", metavar="ID", help=f"the held post, {_ID_HELP}")
+    reject.add_argument("--reason", default="", help="why, for the audit")
+    _add_flags(reject, STORE_FLAGS)
+
+    audit = commands.add_parser(
+        "audit",
+        help="show the moderation audit, newest first",
+        description="Print the audit log, newest first, one entry a line: time, action "
+        "(remove, approve, reject, hold), id, by whom (a moderator, `cli`, or `guestbook` "
+        "for a post it held itself), reason and text, line breaks shown as ⏎.",
+    )
+    audit.add_argument(
+        "--limit",
+        type=int,
+        default=20,
+        help=f"how many (1-{moderation.MAX_AUDIT_PAGE}, default 20)",
+    )
+    audit.add_argument(
+        "--before",
+        metavar="ENTRY",
+        help="only entries older than this audit entry (a full page names the next ENTRY)",
+    )
+    audit.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON lines: {"at", "action", "id", "by", "reason", "text"}',
+    )
+    _add_flags(audit, STORE_FLAGS)
+
+    block = commands.add_parser(
+        "block",
+        help="block, unblock or list spam patterns",
+        description="A post containing a blocked pattern (a case-insensitive substring) is "
+        "held for review instead of published; every frontend picks a change up within "
+        "5 seconds.",
+    )
+    actions = block.add_subparsers(dest="block_action", metavar="ACTION", required=True)
+    add = actions.add_parser(
+        "add",
+        help="block a pattern",
+        description="Hold every new post that contains PATTERN (case-insensitive, trimmed). "
+        "Blocking a pattern that is blocked already changes nothing.",
+    )
+    add.add_argument("pattern", metavar="PATTERN", help="the text to block")
+    _add_flags(add, STORE_FLAGS)
+    unblock = actions.add_parser(
+        "remove",
+        help="unblock a pattern",
+        description="Stop holding posts for PATTERN; a pattern that is not blocked is an error.",
+    )
+    unblock.add_argument("pattern", metavar="PATTERN", help="the blocked text")
+    _add_flags(unblock, STORE_FLAGS)
+    listing = actions.add_parser(
+        "list",
+        help="list blocked patterns",
+        description="Print every blocked pattern, one a line, as it is compared: lower case.",
+    )
+    _add_flags(listing, STORE_FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -367,10 +485,103 @@ async def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- moderation ------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> int:
+    print(f"guestbook: {message}", file=sys.stderr)
+    return 1
+
+
+async def cmd_remove(ctx: Context, args: argparse.Namespace) -> int:
+    removed = await moderation.remove(
+        ctx.store, args.id, by=moderation.CLI_ACTOR, reason=args.reason.strip()
+    )
+    if removed is None:
+        return _fail(f"no message {args.id}: it was never posted or is removed already")
+    print(f"removed {removed.id}: {one_line(removed.text)}")
+    return 0
+
+
+async def cmd_queue(ctx: Context, args: argparse.Namespace) -> int:
+    limit = max(1, min(moderation.MAX_QUEUE_PAGE, args.limit))
+    posts = await moderation.held(ctx.store, limit, args.after)
+    for p in posts:
+        if args.json:
+            sys.stdout.write(json.dumps(p.as_dict(), ensure_ascii=False) + "\n")
+        else:
+            print(f"{p.created_at}  {p.id}  {p.reason:<15}  {one_line(p.text)}")
+    # Asked only when the page is full: one more round trip, but no hint that leads nowhere.
+    if len(posts) == limit and await moderation.held(ctx.store, 1, posts[-1].id):
+        print(f"(more: guestbook queue --after {posts[-1].id})", file=sys.stderr)
+    return 0
+
+
+async def cmd_approve(ctx: Context, args: argparse.Namespace) -> int:
+    message = await moderation.approve(ctx.store, args.id, by=moderation.CLI_ACTOR)
+    if message is None:
+        return _fail(_no_held_post(args.id))
+    print(message.id)
+    return 0
+
+
+async def cmd_reject(ctx: Context, args: argparse.Namespace) -> int:
+    post = await moderation.reject(
+        ctx.store, args.id, by=moderation.CLI_ACTOR, reason=args.reason.strip()
+    )
+    if post is None:
+        return _fail(_no_held_post(args.id))
+    print(f"rejected {post.id}: {one_line(post.text)}")
+    return 0
+
+
+def _no_held_post(held_id: str) -> str:
+    return f"no held post {held_id}: `guestbook queue` lists the posts waiting for review"
+
+
+async def cmd_audit(ctx: Context, args: argparse.Namespace) -> int:
+    limit = max(1, min(moderation.MAX_AUDIT_PAGE, args.limit))
+    entries = await moderation.audit(ctx.store, limit, args.before)
+    for e in entries:
+        if args.json:
+            sys.stdout.write(json.dumps(e.as_dict(), ensure_ascii=False) + "\n")
+        else:
+            reason = one_line(e.reason) or "-"
+            print(
+                f"{e.at}  {e.action:<7}  {e.id}  by: {one_line(e.by)}  reason: {reason}  "
+                f"{one_line(e.text)}"
+            )
+    if len(entries) == limit and await moderation.audit(ctx.store, 1, entries[-1].entry_id):
+        print(f"(older: guestbook audit --before {entries[-1].entry_id})", file=sys.stderr)
+    return 0
+
+
+async def cmd_block(ctx: Context, args: argparse.Namespace) -> int:
+    if args.block_action == "list":
+        for pattern in sorted(await moderation.blocked_patterns(ctx.store)):
+            print(one_line(pattern))
+        return 0
+    pattern = moderation.normalise_pattern(args.pattern)
+    if args.block_action == "add":
+        added = await moderation.block_add(ctx.store, pattern)
+        print(f"blocked {pattern!r}" if added else f"{pattern!r} was blocked already")
+        return 0
+    if not await moderation.block_remove(ctx.store, pattern):
+        return _fail(f"{pattern!r} is not blocked: `guestbook block list` shows what is")
+    print(f"unblocked {pattern!r}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "status": cmd_status,
     "post": cmd_post,
     "list": cmd_list,
     "export": cmd_export,
     "import": cmd_import,
+    "remove": cmd_remove,
+    "queue": cmd_queue,
+    "approve": cmd_approve,
+    "reject": cmd_reject,
+    "audit": cmd_audit,
+    "block": cmd_block,
 }

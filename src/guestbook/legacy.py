@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from .errors import Refused
-from .posting import post
+from .posting import post, remember_held
 from .reads import legacy_list, remember_write
 from .state import AppState
 
@@ -34,9 +34,13 @@ async def _legacy(request: Request, cmd: str, value: str | None) -> Response:
     entry = value.rsplit(",", 1)[-1].strip()
     if not entry:
         raise Refused(400, "The last entry of value is empty.")
-    message = await post(state, request, entry)
+    # A held post is answered as usual: the old page knows no other answer.
+    result = await post(state, request, entry)
     response = Response(json.dumps({"message": "Updated"}), media_type=JSON)
-    remember_write(response, message.id)
+    if result.held:
+        remember_held(request, response, result.message.id)
+    else:
+        remember_write(response, result.message.id)
     return response
 
 

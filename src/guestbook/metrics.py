@@ -40,6 +40,11 @@ class Metrics:
         self.messages_posted = Counter(
             "guestbook_messages_posted", "Messages accepted", registry=self.registry
         )
+        self.messages_held = Counter(
+            "guestbook_messages_held",
+            "Posts held for a moderator (pre-moderation or a spam check)",
+            registry=self.registry,
+        )
         self.live_clients = Gauge(
             "guestbook_live_clients", "Connected live-feed clients", registry=self.registry
         )

@@ -12,11 +12,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from . import moderation
 from .assets import STATIC
-from .bodies import read_form_text
+from .bodies import read_form
 from .errors import GuestbookError, StoreError
 from .messages import ID_PATTERN, Message, is_id
-from .posting import post
+from .posting import held_ids, post, remember_held
 from .problems import problem_for
 from .reads import memory_page, read_page, remember_write, wrote_cookie
 from .state import AppState
@@ -60,17 +61,23 @@ async def index(
     before: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
 ) -> Response:
     state: AppState = request.state.app
-    return await page_response(state, before, wrote_cookie(request.cookies))
+    return await page_response(
+        state, before, wrote_cookie(request.cookies), held_ids(request.cookies)
+    )
 
 
-async def page_response(state: AppState, before: str | None, must_include: str | None) -> Response:
+async def page_response(
+    state: AppState, before: str | None, must_include: str | None, held: list[str]
+) -> Response:
     """The page, whichever path serves it: the newest messages (from memory when it can
-    answer, encoded once per change) or those older than `before`."""
+    answer, encoded once per change) or those older than `before`; for a poster whose posts
+    wait for a moderator, those first, marked as such (read for them alone, never cached)."""
     if before is not None:
         page = await state.store.page(PAGE_SIZE + 1, before, None)
         return HTMLResponse(render_page(state, page.messages, before=before))
+    waiting = await _held(state, held)
     cached = memory_page(state, PAGE_SIZE + 1, must_include)
-    if cached is not None:
+    if cached is not None and not waiting:
         messages = cached.messages
         return HTMLResponse(state.bodies.get("page", lambda: render_page(state, messages).encode()))
     try:
@@ -85,7 +92,18 @@ async def page_response(state: AppState, before: str | None, must_include: str |
         # no-store: a cache must not keep handing out this copy once the store is back.
         html = render_page(state, remembered, stale=True, seen_at=_seen_at(state))
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
-    return HTMLResponse(render_page(state, messages))
+    return HTMLResponse(render_page(state, messages, held=waiting))
+
+
+async def _held(state: AppState, held: list[str]) -> list[Message]:
+    """The poster's own posts still waiting for a moderator (approved or rejected ones are
+    gone from the queue, and so from here)."""
+    waiting = []
+    for held_id in held:
+        post = await moderation.held_message(state.store, held_id)
+        if post is not None:
+            waiting.append(post.message)
+    return waiting[::-1]
 
 
 async def fast_page(request: Request, state: AppState) -> Response | None:
@@ -96,7 +114,9 @@ async def fast_page(request: Request, state: AppState) -> Response | None:
         return None
     if before is not None and not is_id(before):
         return None
-    return await page_response(state, before, wrote_cookie(request.cookies))
+    return await page_response(
+        state, before, wrote_cookie(request.cookies), held_ids(request.cookies)
+    )
 
 
 @router.get("/favicon.ico")
@@ -111,12 +131,15 @@ async def post_form(request: Request) -> Response:
     state: AppState = request.state.app
     text = ""
     try:
-        text = await read_form_text(request)
-        message = await post(state, request, text)
+        text, honeypot = await read_form(request)
+        result = await post(state, request, text, honeypot=honeypot)
     except GuestbookError as exc:
         return await _form_error(state, request, exc, text)
     response = RedirectResponse("/", status_code=303)
-    remember_write(response, message.id)
+    if result.held:
+        remember_held(request, response, result.message.id)
+    else:
+        remember_write(response, result.message.id)
     return response
 
 

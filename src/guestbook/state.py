@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from .feed import Feed
 from .metrics import Metrics
-from .ratelimit import RateLimiter
 from .settings import Settings
 from .store import MessageStore
 
@@ -44,7 +43,6 @@ class AppState:
     metrics: Metrics
     instance: str
     mode: str
-    limiter: RateLimiter
     # Set on SIGTERM (by the server) and at the lifespan's end: readiness turns 503, live
     # streams end with a reconnect hint, responses ask keep-alive clients to go elsewhere.
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
@@ -53,6 +51,9 @@ class AppState:
     # First-page bodies encoded once per change of the feed, shared by every reader.
     bodies: BodyCache = field(init=False)
     read_from: str = "follower"
+    # The block list as last read from the store, and until when it is trusted.
+    blocklist: frozenset[str] = frozenset()
+    blocklist_until: float = 0.0
 
     def __post_init__(self) -> None:
         self.bodies = BodyCache(self.feed)

@@ -262,6 +262,38 @@
 
   let sending = false;
 
+  const honeypot = document.getElementById("website");
+  let pendingText = null;
+  let pendingKey = "";
+
+  function newKey() {
+    if (window.crypto && typeof window.crypto.randomUUID === "function") {
+      return window.crypto.randomUUID();
+    }
+    const bytes = new Uint8Array(16);
+    window.crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  // A held post is shown to its poster alone, marked, until a moderator decides.
+  function showHeld(message) {
+    if (!message || typeof message.id !== "string") return;
+    if (list.querySelector(`li[data-held="${CSS.escape(message.id)}"]`)) return;
+    const empty = list.querySelector("li.empty");
+    if (empty) empty.remove();
+    const li = document.createElement("li");
+    li.className = "held";
+    li.dataset.held = message.id;
+    const text = document.createElement("p");
+    text.className = "text";
+    text.textContent = message.text;
+    const awaiting = document.createElement("p");
+    awaiting.className = "awaiting";
+    awaiting.textContent = "Awaiting approval: only you can see this until a moderator approves it.";
+    li.append(text, awaiting);
+    list.insertBefore(li, list.firstChild);
+  }
+
   async function send() {
     if (sending) return; // the first post is still on its way; what was typed stays put
     const sent = input.value;
@@ -274,14 +306,32 @@
     sending = true;
     if (button) button.disabled = true;
     form.setAttribute("aria-busy", "true");
+    // One key per submission, kept across the retries of the same text: a post whose
+    // answer was lost is then never stored twice.
+    if (sent !== pendingText) {
+      pendingText = sent;
+      pendingKey = newKey();
+    }
     try {
       const response = await fetch("/api/messages", {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify({ text: sent }),
+        headers: {
+          "Content-Type": "application/json",
+          Accept: "application/json",
+          "Idempotency-Key": pendingKey,
+        },
+        body: JSON.stringify({ text: sent, website: honeypot ? honeypot.value : "" }),
         credentials: "same-origin",
       });
-      if (response.status === 201) {
+      if (response.status === 201 || response.status === 202) {
+        pendingText = null;
+      }
+      if (response.status === 202) {
+        showHeld(await response.json());
+        if (input.value === sent) input.value = "";
+        showCount();
+        notice("error", null);
+      } else if (response.status === 201) {
         add(await response.json());
         // Only what was sent is done with: text typed while it was on its way stays.
         if (input.value === sent) input.value = "";
@@ -354,6 +404,18 @@
       } catch (_) {
         // an unknown status changes nothing
       }
+    });
+    source.addEventListener("remove", (event) => {
+      let removed = null;
+      try {
+        removed = JSON.parse(event.data).id;
+      } catch (_) {
+        return;
+      }
+      if (typeof removed !== "string") return;
+      const li = list.querySelector(`li[data-id="${CSS.escape(removed)}"]`);
+      if (li) li.remove();
+      seen.delete(removed);
     });
     source.addEventListener("message", (event) => {
       let message = null;
