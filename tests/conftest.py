@@ -136,6 +136,24 @@ class Cluster:
     def follower_urls(self) -> str:
         return ",".join(f.url for f in self.followers)
 
+    def break_all(self, fault: str) -> None:
+        """Take every server away: killed (connections refused) or frozen (SIGSTOP: no answer
+        at all, as in a partition)."""
+        for server in (*self.followers, self.leader):
+            if fault == "killed":
+                server.kill()
+            else:
+                server.hang()
+
+    def mend_all(self, fault: str) -> None:
+        if fault == "killed":
+            self.leader.start()  # same port, same append-only file
+            for follower in self.followers:
+                follower.start()
+        else:
+            for server in (self.leader, *self.followers):
+                server.resume()
+
     def stop(self) -> None:
         for server in (*self.followers, self.leader):
             server.kill()
@@ -308,6 +326,25 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 MakeFrontend = Callable[..., Frontend]
+
+
+def cli(
+    tmp_path: Path, cluster: Cluster | None, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m guestbook ARGS` on `cluster` (its leader and followers), or on the embedded
+    store of a data dir under `tmp_path` when there is none."""
+    extra = dict(env)
+    if cluster is not None:
+        extra.setdefault("GUESTBOOK_REDIS_LEADER_URL", cluster.leader.url)
+        extra.setdefault("GUESTBOOK_REDIS_FOLLOWER_URL", cluster.follower_urls())
+    return subprocess.run(
+        [sys.executable, "-m", "guestbook", *args],
+        env=base_env(tmp_path, **extra),
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
+    )
 
 
 def post(client: httpx.Client, text: str) -> httpx.Response:

@@ -135,26 +135,6 @@ def wait_live(page: Page) -> None:
     expect(page.locator("#live")).to_have_text("Live")
 
 
-def break_store(cluster: Cluster, fault: str) -> None:
-    """Take every store server away: killed (connections refused) or frozen (SIGSTOP: no
-    answer at all, as in a partition)."""
-    for server in (*cluster.followers, cluster.leader):
-        if fault == "killed":
-            server.kill()
-        else:
-            server.hang()
-
-
-def mend_store(cluster: Cluster, fault: str) -> None:
-    if fault == "killed":
-        cluster.leader.start()  # same port, same append-only file
-        for follower in cluster.followers:
-            follower.start()
-    else:
-        for server in (cluster.leader, *cluster.followers):
-            server.resume()
-
-
 GREEN = ("rgb(232, 245, 236)", "rgb(47, 158, 85)")  # the live badge and its dot
 
 
@@ -380,7 +360,7 @@ def test_while_the_store_is_down_a_browser_sees_the_last_messages_and_why(
     wait_live(page)
     post_api(frontend, "seen before the outage")
     expect(page.locator("#messages li .text").first).to_have_text("seen before the outage")
-    break_store(cluster, "killed")
+    cluster.break_all("killed")
     expect(page.locator("#live")).to_have_text("Paused")
 
     response = page.reload()
@@ -394,7 +374,7 @@ def test_while_the_store_is_down_a_browser_sees_the_last_messages_and_why(
     expect(banner).to_contain_text("Posting is paused")
     expect(page.locator("#live")).to_have_text("Paused")
 
-    mend_store(cluster, "killed")
+    cluster.mend_all("killed")
     expect(banner).to_be_hidden(timeout=30_000)
     wait_live(page)
     post_api(frontend, "after the outage")
@@ -410,7 +390,7 @@ def test_without_javascript_the_page_from_memory_says_it_may_be_out_of_date(
     post_api(frontend, "seen before the outage")
     # Arrived over the live feed, so it is in the feed's memory.
     expect(live.locator("#messages li .text").first).to_have_text("seen before the outage")
-    break_store(cluster, "killed")
+    cluster.break_all("killed")
     wait_until(
         lambda: (
             "may be out of date" in httpx.get(frontend.url, headers={"Accept": "text/html"}).text
@@ -437,7 +417,7 @@ def test_an_open_page_says_when_the_store_is_gone_and_when_it_is_back(
     live, banner = page.locator("#live"), page.locator("#banner")
     assert badge_colours(page) == GREEN
 
-    break_store(cluster, fault)
+    cluster.break_all(fault)
 
     expect(banner).to_be_visible()
     expect(banner).to_contain_text("The guestbook cannot load messages right now")
@@ -447,7 +427,7 @@ def test_an_open_page_says_when_the_store_is_gone_and_when_it_is_back(
     assert colours[0] not in GREEN
     assert colours[1] not in GREEN
 
-    mend_store(cluster, fault)
+    cluster.mend_all(fault)
 
     expect(banner).to_be_hidden(timeout=30_000)
     wait_live(page)

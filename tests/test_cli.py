@@ -4,31 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import redis
 
-from conftest import Cluster, base_env, start_cluster
-
-
-def cli(
-    tmp_path: Path, cluster: Cluster | None, *args: str, stdin: str | None = None, **env: str
-) -> subprocess.CompletedProcess[str]:
-    extra = dict(env)
-    if cluster is not None:
-        extra.setdefault("GUESTBOOK_REDIS_LEADER_URL", cluster.leader.url)
-        extra.setdefault("GUESTBOOK_REDIS_FOLLOWER_URL", cluster.follower_urls())
-    return subprocess.run(
-        [sys.executable, "-m", "guestbook", *args],
-        env=base_env(tmp_path, **extra),
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-    )
+from conftest import Cluster, cli, start_cluster
 
 
 def stored(cluster: Cluster) -> list[tuple[str, dict[str, str]]]:

@@ -7,31 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import Cluster, base_env
+from conftest import Cluster, cli
 from guestbook.store import MessageStore
 
 CLIENT = "203.0.113.7"
-
-
-def cli(
-    tmp_path: Path, cluster: Cluster | None, *args: str, **env: str
-) -> subprocess.CompletedProcess[str]:
-    extra = dict(env)
-    if cluster is not None:
-        extra.setdefault("GUESTBOOK_REDIS_LEADER_URL", cluster.leader.url)
-        extra.setdefault("GUESTBOOK_REDIS_FOLLOWER_URL", cluster.follower_urls())
-    return subprocess.run(
-        [sys.executable, "-m", "guestbook", *args],
-        env=base_env(tmp_path, **extra),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -198,26 +198,6 @@ def streams() -> Iterator[Callable[..., Stream]]:
         stream.close()
 
 
-def break_store(cluster: Cluster, fault: str) -> None:
-    """Take every store server away: killed (connections refused) or frozen (SIGSTOP: no
-    answer at all, as in a partition)."""
-    for server in (*cluster.followers, cluster.leader):
-        if fault == "killed":
-            server.kill()
-        else:
-            server.hang()
-
-
-def mend_store(cluster: Cluster, fault: str) -> None:
-    if fault == "killed":
-        cluster.leader.start()  # same port, same append-only file
-        for follower in cluster.followers:
-            follower.start()
-    else:
-        for server in (cluster.leader, *cluster.followers):
-            server.resume()
-
-
 def post(frontend: Frontend, text: str) -> dict[str, Any]:
     response = httpx.post(f"{frontend.url}/api/messages", json={"text": text}, timeout=10)
     assert response.status_code == 201, response.text
@@ -363,9 +343,9 @@ def test_streams_are_told_when_the_store_is_gone_and_when_it_is_back(
     stream = streams(frontend, f"?after={before['id']}")
     assert stream.store_status() == {"store": "ok"}
 
-    break_store(cluster, fault)
+    cluster.break_all(fault)
     assert stream.store_status(timeout=30) == {"store": "unavailable"}
-    mend_store(cluster, fault)
+    cluster.mend_all(fault)
     assert stream.store_status(timeout=30) == {"store": "ok"}
 
     after = post(frontend, "after the outage")
@@ -376,13 +356,13 @@ def test_a_stream_opened_while_the_store_is_down_says_so_at_once(
     cluster: Cluster, make_frontend: MakeFrontend, streams: Callable[..., Stream]
 ) -> None:
     frontend = make_frontend(cluster)
-    break_store(cluster, "killed")
+    cluster.break_all("killed")
     wait_until(lambda: httpx.get(f"{frontend.url}/readyz").status_code == 503)
 
     stream = streams(frontend)
 
     assert stream.store_status() == {"store": "unavailable"}
-    mend_store(cluster, "killed")
+    cluster.mend_all("killed")
     assert stream.store_status(timeout=30) == {"store": "ok"}
 
 

@@ -1,10 +1,17 @@
-"""The frontend's one reader of new messages.
+"""The frontend's one reader of new messages and removals.
 
 A single background task per process follows the stream on a follower (the leader when none
 answers) with blocking reads, keeps the newest messages in memory and tells subscribers about
 each new one. The first page, the most-read thing in the guestbook, is then served from memory,
 so its cost does not depend on how many messages exist or how many clients ask; live clients
 share this one reader instead of holding a store connection each.
+
+The same blocking read follows the removal records (`MessageStore.watch_changes`): a removed
+message leaves the memory (which tops itself up from the store with one read when that leaves
+it short of the largest page), `version` moves so cached bodies are rebuilt, and subscribers
+are told, whether or not the message was in memory (a live client may show older ones). The
+feed remembers the latest removals, so that neither a follower a little behind nor a client
+resuming from a recent id brings a removed message back.
 
 The memory copy is trusted only while the reader is keeping up; otherwise reads go to the
 store. It never serves a page that lacks an id the reader is known to need (its own write).
@@ -22,23 +29,38 @@ from collections import deque
 from collections.abc import Callable
 
 from .errors import StoreUnavailable
-from .messages import MAX_PAGE, Message, id_key
-from .store import BLOCK_MS, MessageStore
+from .messages import MAX_PAGE, Message, id_key, is_id
+from .store import BLOCK_MS, WATCH_BATCH, Changes, MessageStore, Removal
 
 log = logging.getLogger("guestbook.feed")
 
-Subscriber = Callable[[list[Message]], None]
+# Called with each change: new messages (oldest first) and the ids of removed messages. Pass
+# the removals on first: a message never comes with its own removal, and a client resuming
+# after a message must already have had every removal recorded before it (see `removed_since`).
+Subscriber = Callable[[list[Message], list[str]], None]
 # One more than the largest page, so a full page knows whether older messages exist.
 KEEP = MAX_PAGE + 1
-# While nothing new arrives, how often to check that the store still holds our newest id.
+# While nothing new arrives, how often to check that the store has not gone back in time.
 CHECK_EVERY = 5.0
+# Removals remembered: to keep a message a lagging follower still holds out of memory, and to
+# answer a resuming client without a store read.
+REMOVALS_KEPT = 1000
+# A sync reads the removal records of this long before the newest one again: the removal head
+# and the messages may come from two followers, the second a little behind the first, and a
+# removal it has not applied yet must still reach the memory. Applying one twice changes nothing.
+RESYNC_REMOVALS_MS = 10_000
+# A `floor` that says memory holds every message there is.
+EVERY_MESSAGE = "0-0"
 
 
 class Feed:
     def __init__(self, store: MessageStore) -> None:
         self.store = store
         self.recent: deque[Message] = deque(maxlen=KEEP)  # oldest first
+        # The newest message id read (the stream cursor; that message may have been removed).
         self.head_id: str | None = None
+        # Memory holds every message from this id up to `head_id`, removed ones excepted.
+        self.floor = EVERY_MESSAGE
         self.source = "leader"
         self.version = 0
         self._synced = False
@@ -52,6 +74,12 @@ class Feed:
         self._task: asyncio.Task[None] | None = None
         self._newest_first: list[Message] = []
         self._newest_first_version = -1
+        # The removal records read so far (oldest first): every one after `_removals_from`
+        # up to `_removal_cursor`, at most REMOVALS_KEPT.
+        self._removal_cursor = "0-0"
+        self._removals_from = "0-0"
+        self._removals: deque[Removal] = deque()
+        self._removed_ids: set[str] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -84,7 +112,8 @@ class Feed:
     # --- subscribers ---------------------------------------------------------------------
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call `callback` with each batch of new messages (oldest first); returns unsubscribe."""
+        """Call `callback(messages, removed_ids)` with each change (see `Subscriber`); returns
+        unsubscribe."""
         self._subscribers.add(callback)
         return lambda: self._subscribers.discard(callback)
 
@@ -95,11 +124,16 @@ class Feed:
     # --- reads ---------------------------------------------------------------------------
 
     def first_page(self, limit: int, must_include: str | None) -> list[Message] | None:
-        """The newest `limit` messages, newest first, or None when memory cannot answer."""
+        """The newest `limit` messages (one more if there is), newest first, or None when
+        memory cannot answer."""
         if not self.live:
             return None
         wanted = self.store.must_show(must_include)
         if wanted is not None and (self.head_id is None or id_key(self.head_id) < id_key(wanted)):
+            return None
+        if self.floor != EVERY_MESSAGE and len(self.recent) <= limit:
+            # Removals left the window short and it has not been topped up yet: memory cannot
+            # tell what the page ends with, nor whether older messages exist.
             return None
         if self._newest_first_version != self.version:
             self._newest_first = list(reversed(self.recent))
@@ -114,19 +148,44 @@ class Feed:
             return None
         return list(reversed(self.recent))[: limit + 1]
 
+    def is_removed(self, message_id: str) -> bool:
+        """True for a message whose removal this feed read lately (REMOVALS_KEPT of them)."""
+        return message_id in self._removed_ids
+
+    def removed_since(self, message_id: str) -> tuple[list[str], bool]:
+        """The removals in memory that a client resuming after `message_id` must be told of
+        (the rule of `MessageStore.removed_since`), oldest first, and whether they are all of
+        them: False when memory does not reach back to that message's millisecond, and the
+        store must be asked as well. Removals read later reach the subscribers."""
+        upto = id_key(message_id)
+        since = (upto[0], 0)
+        found: list[str] = []
+        for removal in reversed(self._removals):
+            if id_key(removal.record_id) < since:
+                break
+            if id_key(removal.message_id) <= upto:
+                found.append(removal.message_id)
+        found.reverse()
+        # Nothing is older than the first id; a removal after `_removals_from` is in memory.
+        return found, upto == (0, 0) or id_key(self._removals_from) < since
+
     # --- the reader ----------------------------------------------------------------------
 
     async def _run(self) -> None:
         delay = 0.05
         while not self._stopping:
+            changes: Changes | None = None
             try:
                 if self._synced and self.head_id is not None:
-                    batch, self.source = await self.store.watch(self.head_id)
-                    if not batch and time.monotonic() >= self._check_at:
+                    if self.floor != EVERY_MESSAGE and len(self.recent) < KEEP:
+                        await self._refill()
+                    changes = await self.store.watch_changes(self.head_id, self._removal_cursor)
+                    self.source = changes.source
+                    idle = not changes.messages and not changes.removals
+                    if idle and time.monotonic() >= self._check_at:
                         await self._check_head()
                 else:
                     await self._sync()
-                    batch = []
             except StoreUnavailable:
                 self._fresh_at = 0.0
                 self._failing = True
@@ -142,28 +201,39 @@ class Feed:
             self._fresh_at = time.monotonic()
             self._failing = False
             self.seen_at = time.time()
-            if batch:
-                self._add(batch)
+            if changes is not None:
+                self._apply(changes)
 
     async def _check_head(self) -> None:
         """Resynchronise when the store went back in time: the stream was deleted, or a
         leader without its data came back and the followers copied it. Waiting for newer
-        ids alone would keep showing messages that no longer exist."""
+        ids alone would keep showing messages that no longer exist.
+
+        Told by the stream's last generated id, which never goes back while the stream
+        exists: its newest entry does when a moderator removes the newest message."""
         self._check_at = time.monotonic() + CHECK_EVERY
-        newest, _ = await self.store.head(1)
+        last = await self.store.last_generated_id()
         if (
             self.head_id is not None
             and self.head_id != "0-0"
-            and (not newest or id_key(newest[-1].id) < id_key(self.head_id))
+            and id_key(last) < id_key(self.head_id)
         ):
             log.warning("the stream is older than this frontend's copy; reloading it")
             self._synced = False
 
     async def _sync(self) -> None:
+        # The removal head first: a removal after it is read by the next watch, whichever
+        # server answers the messages (and see RESYNC_REMOVALS_MS).
+        newest_removal = await self.store.removal_head()
         messages, self.source = await self.store.head(KEEP)
         previous = self.head_id
+        ms = id_key(newest_removal)[0] - RESYNC_REMOVALS_MS
+        self._removal_cursor = self._removals_from = f"{ms}-0" if ms > 0 else "0-0"
+        self._removals.clear()
+        self._removed_ids.clear()
         self.recent.clear()
         self.recent.extend(messages)
+        self.floor = messages[0].id if len(messages) >= KEEP else EVERY_MESSAGE
         self.head_id = messages[-1].id if messages else "0-0"
         self._synced = True
         self.version += 1
@@ -172,17 +242,79 @@ class Feed:
             # passed on is new to the live clients too.
             fresh = [m for m in messages if id_key(m.id) > id_key(previous)]
             if fresh:
-                self._publish(fresh)
+                self._publish(fresh, [])
 
-    def _add(self, batch: list[Message]) -> None:
-        self.recent.extend(batch)
-        self.head_id = batch[-1].id
-        self.version += 1
-        self._publish(batch)
+    async def _refill(self) -> None:
+        """Top the window up after removals left it short: one read of the messages just
+        older than it, as many as are missing."""
+        page = await self.store.page(min(KEEP - len(self.recent), MAX_PAGE), self.floor)
+        older = [m for m in page.messages if m.id not in self._removed_ids]
+        self.recent.extendleft(older)  # newest first in, so oldest first out
+        self.floor = page.messages[-1].id if page.next is not None else EVERY_MESSAGE
+        if older:
+            self.version += 1
 
-    def _publish(self, batch: list[Message]) -> None:
+    def _apply(self, changes: Changes) -> None:
+        messages = changes.messages
+        removed: list[str] = []
+        if changes.removals:
+            removed = self._remember(changes.removals)
+            if len(changes.removals) >= WATCH_BATCH:
+                # More records wait: a message goes out only after every removal recorded
+                # before it, or a client resuming after it could miss one. Read again next time.
+                messages = []
+        changed = bool(removed) and self._drop(removed)
+        if messages:
+            self.head_id = messages[-1].id
+            if self._removed_ids:
+                # A follower behind the one that reported a removal may still hand it out.
+                messages = [m for m in messages if m.id not in self._removed_ids]
+            if messages:
+                if len(self.recent) + len(messages) > KEEP:
+                    self.recent.extend(messages)
+                    self.floor = self.recent[0].id
+                else:
+                    self.recent.extend(messages)
+                changed = True
+        if changed:
+            self.version += 1
+        if messages or removed:
+            self._publish(messages, removed)
+
+    def _remember(self, removals: list[Removal]) -> list[str]:
+        """Note removal records; the ids of the messages they removed."""
+        self._removal_cursor = removals[-1].record_id
+        removed = []
+        for removal in removals:
+            if not is_id(removal.message_id):
+                continue  # not a record the guestbook wrote
+            self._removals.append(removal)
+            self._removed_ids.add(removal.message_id)
+            removed.append(removal.message_id)
+        while len(self._removals) > REMOVALS_KEPT:
+            forgotten = self._removals.popleft()
+            self._removed_ids.discard(forgotten.message_id)
+            self._removals_from = forgotten.record_id
+        return removed
+
+    def _drop(self, removed: list[str]) -> bool:
+        """Take removed messages out of memory; True when one was there."""
+        if not self.recent:
+            return False
+        oldest = id_key(self.recent[0].id)
+        gone = {i for i in removed if id_key(i) >= oldest}
+        if not gone:
+            return False
+        kept = [m for m in self.recent if m.id not in gone]
+        if len(kept) == len(self.recent):
+            return False
+        self.recent.clear()
+        self.recent.extend(kept)
+        return True
+
+    def _publish(self, messages: list[Message], removed: list[str]) -> None:
         for callback in list(self._subscribers):
             try:
-                callback(batch)
+                callback(messages, removed)
             except Exception:
                 log.exception("a live subscriber failed")

@@ -2,15 +2,25 @@
 reader of this process.
 
 Each client gets a small queue filled by `Feed.subscribe`; it never holds a store connection of
-its own (only a resume from an id older than the feed's memory reads the store, once). The
-stream is the stream of message ids: every event's `id:` is a message id, and a client that
-comes back with `Last-Event-ID` (or `?after=`) gets exactly the messages after it, none twice:
+its own (only a resume from an id older than the feed's memory reads the store). The
+stream is the stream of message ids: every `message` event's `id:` is a message id, and a
+client that comes back with `Last-Event-ID` (or `?after=`) gets exactly the messages after it,
+none twice:
 
-1. subscribe to the feed and note the feed's head in the same step (no await between), so the
-   queue holds exactly the messages after that head;
-2. send the backlog between the client's id and that head (from the feed's memory when it
-   reaches back far enough, else from the store);
-3. send the queue, skipping anything not newer than the last id sent.
+1. subscribe to the feed and note the feed's head, its memory and the removals it remembers in
+   the same step (no await between), so the queue holds exactly what comes after;
+2. send a `remove` for every message up to the client's id removed since that id was posted
+   (`MessageStore.removed_since`; from the feed's memory when it reaches back far enough);
+3. send the backlog between the client's id and that head (from the feed's memory when it
+   reaches back far enough, else from the store, leaving out what is known to be removed);
+4. send the queue, skipping any message not newer than the last id sent.
+
+A removal is an event `remove`, data `{"id": "<message id>"}`, with no `id:` line: it must not
+move the client's resume point. Every client gets one for each removal the feed reads, whether
+or not it has that message (a repeated or unneeded `remove` is harmless, a missed one is not).
+Queued removals go out before queued messages, and a queued message is dropped when its removal
+arrives, so no client is sent a message after its removal, and a client that has a message has
+every removal recorded before it: the rule step 2 relies on.
 
 Each client is told at connect, and again whenever it changes, whether the feed's reader finds
 a store server answering (an event `status`, data `{"store": "ok"}` or `{"store": "unavailable"}`):
@@ -71,6 +81,8 @@ ENCODED_CACHE = 1024
 
 EVENT_STREAM = "text/event-stream"
 Put = Callable[[bytes], Awaitable[None]]
+# A `remove` event's key in the hub's cache of encodings, beside the message ids.
+REMOVE_KEY = "remove "
 # No `id:` line: a status is not a message, and must not move a client's resume point.
 STATUS_EVENTS = {
     True: b'event: status\ndata: {"store":"unavailable"}\n\n',
@@ -158,9 +170,22 @@ class Hub:
                 self._encoded.popitem(last=False)
         return body
 
+    def encode_removal(self, message_id: str) -> bytes:
+        """The `remove` event of one removed message (no `id:` line), built once for all."""
+        key = REMOVE_KEY + message_id
+        body = self._encoded.get(key)
+        if body is None:
+            data = json.dumps({"id": message_id}, separators=(",", ":"))
+            body = f"event: remove\ndata: {data}\n\n".encode()
+            self._encoded[key] = body
+            if len(self._encoded) > ENCODED_CACHE:
+                self._encoded.popitem(last=False)
+        return body
+
 
 class Client:
-    """One connected stream: messages the feed handed over and the writer has not sent yet."""
+    """One connected stream: messages and removals the feed handed over and the writer has not
+    sent yet."""
 
     __slots__ = (
         "beat",
@@ -169,6 +194,7 @@ class Client:
         "limit",
         "overflowed",
         "pending",
+        "removed",
         "sent_at",
         "status_due",
         "task",
@@ -180,6 +206,7 @@ class Client:
         self.hub = hub
         self.limit = hub.queue_limit
         self.pending: deque[Message] = deque()
+        self.removed: list[str] = []
         self.overflowed = False
         # A bare future rather than an asyncio.Event: this is the fan-out's inner loop.
         self.waiter: asyncio.Future[None] | None = None
@@ -192,13 +219,22 @@ class Client:
         self.told_down = False
         self.status_due = False
 
-    def push(self, batch: list[Message]) -> None:
+    def push(self, batch: list[Message], removed: list[str]) -> None:
         """The feed's callback: queue, or give up on this client when it is too far behind."""
         if self.overflowed:
             return
-        if len(self.pending) + len(batch) > self.limit:
+        if removed:
+            if self.pending:
+                # A message still waiting is never sent after its removal.
+                gone = set(removed)
+                self.pending = deque(m for m in self.pending if m.id not in gone)
+            self.removed.extend(removed)
+        if len(self.pending) + len(self.removed) + len(batch) > self.limit:
+            # The client resumes from its last message, and step 2 then tells it every
+            # removal it missed here.
             self.overflowed = True
             self.pending.clear()
+            self.removed.clear()
             self.hub.cut.labels("overflow").inc()
         else:
             self.pending.extend(batch)
@@ -219,6 +255,11 @@ class Client:
     def take(self) -> deque[Message]:
         items = self.pending
         self.pending = deque()
+        return items
+
+    def take_removed(self) -> list[str]:
+        items = self.removed
+        self.removed = []
         return items
 
 
@@ -292,12 +333,21 @@ class EventStream(Response):
             head = feed.head_id
             assert head is not None
             recent = list(feed.recent)
+            floor = feed.floor
             cursor = self.after or head
-            if self.after is not None and id_key(self.after) < id_key(head):
+            if self.after is not None:
+                removed, complete = feed.removed_since(self.after)
                 try:
-                    async for chunk in _backlog(hub, self.after, head, recent):
-                        await put(b"".join(hub.encode(m) for m in chunk))
-                        cursor = chunk[-1].id
+                    if not complete:
+                        stored = await hub.state.store.removed_since(self.after)
+                        removed = list(dict.fromkeys([*stored, *removed]))
+                    if removed:
+                        await put(b"".join([hub.encode_removal(i) for i in removed]))
+                    if id_key(self.after) < id_key(head):
+                        skip = set(removed)
+                        async for chunk in _backlog(hub, self.after, head, recent, floor, skip):
+                            await put(b"".join([hub.encode(m) for m in chunk]))
+                            cursor = chunk[-1].id
                 except StoreUnavailable:
                     # Better a reconnect a moment later than a gap.
                     await self._finish(hub, put, send, "unavailable")
@@ -318,6 +368,10 @@ class EventStream(Response):
             if hub.closing:
                 await self._finish(hub, put, send, "shutdown")
                 return
+            if client.removed:
+                # Before the messages waiting beside them: see the module's docstring.
+                await put(b"".join([hub.encode_removal(i) for i in client.take_removed()]))
+                continue
             batch: Sequence[Message] = client.take()
             if batch:
                 # Batches come in id order: usually all of one is new, so one comparison does.
@@ -369,23 +423,28 @@ async def _until_disconnect(receive: Receive) -> None:
 
 
 async def _backlog(
-    hub: Hub, after: str, head: str, recent: list[Message]
+    hub: Hub, after: str, head: str, recent: list[Message], floor: str, skip: set[str]
 ) -> AsyncIterator[list[Message]]:
-    """Messages after `after` up to the feed's `head`, oldest first, in chunks.
+    """Messages after `after` up to the feed's `head`, oldest first, in non-empty chunks.
 
-    `recent` is the feed's memory at subscription: an unbroken run of messages ending at
-    `head`, so once the cursor reaches its first id the rest comes from there.
+    `recent` and `floor` are the feed's memory at subscription: every message from `floor` up
+    to `head`, removed ones excepted, so once the cursor reaches `floor` the rest comes from
+    there. Pages from the store leave out `skip` (what the client was just told is removed)
+    and what the feed knows is removed: a follower a little behind may still hold it.
     """
+    feed = hub.state.feed
     cursor = after
     attempts = 0
     while id_key(cursor) < id_key(head):
-        if recent and id_key(recent[0].id) <= id_key(cursor):
+        if id_key(floor) <= id_key(cursor):
             chunk = [m for m in recent if id_key(m.id) > id_key(cursor)]
             if chunk:
                 yield chunk
             return
         page = await hub.state.store.after(cursor, BACKLOG_PAGE)
         if not page:
+            if all(m.id in skip or feed.is_removed(m.id) for m in recent):
+                return  # nothing after the cursor is left: it was all removed
             # The reader answering is behind this feed; the messages exist, so wait for it.
             attempts += 1
             if attempts >= BACKLOG_ATTEMPTS:
@@ -393,8 +452,10 @@ async def _backlog(
             await asyncio.sleep(0.1)
             continue
         attempts = 0
-        yield page
         cursor = page[-1].id
+        chunk = [m for m in page if m.id not in skip and not feed.is_removed(m.id)]
+        if chunk:
+            yield chunk
 
 
 def _ids(*values: str | None) -> Iterator[str]:
@@ -410,10 +471,16 @@ def _ids(*values: str | None) -> Iterator[str]:
         200: {
             "description": "An endless `text/event-stream`. Each new message is one event "
             "`message` whose `id:` is the message id and whose `data:` is the message as JSON "
-            '(`{"id", "text", "created_at"}`). A comment line is sent every 15 s while idle. '
-            'An event `reconnect` (data `{"reason", "retry"}`) precedes the end of the '
-            "stream when the client fell too far behind or the server is stopping: reconnect "
-            "after `retry` ms with the last id received.",
+            '(`{"id", "text", "created_at"}`). Each message a moderator removes is one event '
+            '`remove` whose `data:` is `{"id": "<message id>"}`, with no `id:` line (it does not '
+            "move the resume point): drop that message if it is shown. Every client gets it; a "
+            "client resuming with `Last-Event-ID` or `after` first gets a `remove` for each "
+            "message up to that id removed since it was posted, then the messages after it. "
+            'An event `status` (data `{"store": "ok"}` or `{"store": "unavailable"}`, no `id:`) '
+            "says at connect and at every change whether the store answers. A comment line is "
+            'sent every 15 s while idle. An event `reconnect` (data `{"reason", "retry"}`) '
+            "precedes the end of the stream when the client fell too far behind or the server "
+            "is stopping: reconnect after `retry` ms with the last id received.",
             "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
         },
         400: {
@@ -429,7 +496,8 @@ async def stream(
         Query(
             pattern=ID_PATTERN,
             description="Resume after this message id: every newer message is sent, "
-            "none twice. For clients that cannot send `Last-Event-ID`.",
+            "none twice, after a `remove` for each older one removed since. For clients that "
+            "cannot send `Last-Event-ID`.",
         ),
     ] = None,
     last_event_id: Annotated[
@@ -440,8 +508,8 @@ async def stream(
         ),
     ] = None,
 ) -> Response:
-    """New messages as they are posted, on any frontend. Without `after` or `Last-Event-ID`
-    the stream starts with the next new message."""
+    """New messages as they are posted, and removals as moderators make them, on any frontend.
+    Without `after` or `Last-Event-ID` the stream starts with the next change."""
     state: AppState = request.state.app
     return EventStream(state.hub, _resume(after, last_event_id))
 
