@@ -166,6 +166,9 @@ class Topology:
         for var in container.get("env", []):
             if "valueFrom" in var:
                 ref = var["valueFrom"]["secretKeyRef"]
+                secret = self.secrets.get(ref["name"])
+                if ref.get("optional") and not (secret and (secret / ref["key"]).exists()):
+                    continue  # as the kubelet does: an absent optional key sets nothing
                 value = (self.secrets[ref["name"]] / ref["key"]).read_text()
             else:
                 # Kubernetes expands $(NAME) from the variables defined before this one.
@@ -453,19 +456,33 @@ def rendered_production_deployments() -> dict[str, dict[str, Any]]:
     }
 
 
+ADMIN_TOKEN = uuid.uuid4().hex
+
+
+def secret_directory(tmp_path_factory: pytest.TempPathFactory, name: str, **keys: str) -> Path:
+    """A Secret as its volume lays it out: one file per key."""
+    secret = tmp_path_factory.mktemp(name)
+    for key, value in keys.items():
+        (secret / key).write_text(value)
+        (secret / key).chmod(0o644)
+    secret.chmod(0o755)  # a Secret volume is readable by the pod's fsGroup
+    return secret
+
+
 @pytest.fixture(scope="session")
 def production(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    """overlays/production's Deployments in containers, the Secret as a mounted directory."""
+    """overlays/production's Deployments in containers, the Secrets as mounted directories."""
     deployments = rendered_production_deployments()
     password = uuid.uuid4().hex
-    secret = tmp_path_factory.mktemp("redis-auth")
-    (secret / "password").write_text(password)
-    secret.chmod(0o755)  # a Secret volume is readable by the pod's fsGroup
-    (secret / "password").chmod(0o644)
     top = new_topology(
         topology.image,
         deployments=deployments,
-        secrets={"redis-auth": secret},
+        secrets={
+            "redis-auth": secret_directory(tmp_path_factory, "redis-auth", password=password),
+            "guestbook-admin": secret_directory(
+                tmp_path_factory, "guestbook-admin", token=ADMIN_TOKEN
+            ),
+        },
         password=password,
     )
     try:
@@ -510,6 +527,45 @@ def test_production_frontend_writes_and_followers_replicate_with_the_password(
         wait_for(
             f"{name} to hold the post", lambda name=name: text in store_dump(production.cli, name)
         )
+
+
+def test_production_frontend_moderates_with_the_token_from_its_secret(
+    production: Topology,
+) -> None:
+    queue = f"{production.base_url}/api/moderation/queue"
+
+    with_token = httpx.get(queue, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    without = httpx.get(queue)
+    wrong = httpx.get(queue, headers={"Authorization": f"Bearer {uuid.uuid4().hex}"})
+
+    assert with_token.status_code == 200, with_token.text
+    assert "held" in with_token.json()
+    assert (without.status_code, wrong.status_code) == (401, 401)
+    logs = podman("logs", production.frontend)
+    assert ADMIN_TOKEN not in logs.stdout + logs.stderr
+
+
+def test_production_frontend_without_the_admin_secret_starts_and_refuses_moderation(
+    production: Topology,
+) -> None:
+    name = f"{production.prefix}-frontend-no-admin"
+    secrets = production.secrets
+    production.secrets = {k: v for k, v in secrets.items() if k != "guestbook-admin"}
+    try:
+        production.run(name, "frontend", "--publish", "127.0.0.1::8080", image=production.image)
+    finally:
+        production.secrets = secrets
+    port = podman("port", name, "8080/tcp").stdout.strip().rsplit(":", 1)[1]
+    base_url = f"http://127.0.0.1:{port}"
+    wait_for("/readyz", lambda: httpx.get(f"{base_url}/readyz").status_code == 200)
+
+    refused = httpx.get(
+        f"{base_url}/api/moderation/queue", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+
+    assert refused.status_code == 403, refused.text
+    # What the docs offer instead: the command line, inside the pod, on the store directly.
+    assert podman("exec", name, "guestbook", "queue", "--json").returncode == 0
 
 
 # --- compose.yaml, through podman-compose -------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Cluster, app_in_process
+from conftest import Cluster, app_in_process, wait_until
 from guestbook.app import GuestbookApp
 
 pytestmark = pytest.mark.anyio
@@ -73,10 +73,13 @@ async def test_the_fast_path_answers_the_newest_reads_as_the_framework_does(
 
 
 async def test_the_fast_path_answers_older_pages_as_the_framework_does(
-    app: tuple[GuestbookApp, httpx.AsyncClient],
+    cluster: Cluster, app: tuple[GuestbookApp, httpx.AsyncClient]
 ) -> None:
     _, client = app
     messages = await posted(client, 30)
+    # Older pages are read from a follower: compare two answers of a settled one.
+    for follower in cluster.followers:
+        wait_until(lambda f=follower: f.client().xlen("guestbook:messages") == 30)
     middle = messages[12]["id"]
     for path in (f"/api/messages?limit=5&before={middle}", f"/?before={middle}"):
         fast = await client.get(path)

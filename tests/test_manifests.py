@@ -474,6 +474,126 @@ def test_production_overlay_adds_auth_policies_budget_autoscaler_spread_and_a_lo
     assert pod_template(frontend)["spec"]["topologySpreadConstraints"]
 
 
+ADMIN_TOKEN = "GUESTBOOK_ADMIN_TOKEN"
+# How compose passes a variable through from the host: a reference, never a value.
+PASSED_THROUGH = re.compile(rf"\$\{{{ADMIN_TOKEN}(:?-)?\}}")
+
+
+def admin_token_literals(node: object, where: str = "") -> list[str]:
+    """Where, under `node`, a file gives GUESTBOOK_ADMIN_TOKEN a value of its own: a container
+    env `value`, a key of a mapping (ConfigMap data, compose environment) or a `NAME=...`
+    string (generator literals, an env file, a command line). Only places, never the value."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if node.get("name") == ADMIN_TOKEN and "value" in node:
+            found.append(f"{where}.value")
+        for key, value in node.items():
+            if key == ADMIN_TOKEN and not (value is None or PASSED_THROUGH.fullmatch(str(value))):
+                found.append(f"{where}.{key}")
+            found += admin_token_literals(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            found += admin_token_literals(item, f"{where}[{i}]")
+    elif isinstance(node, str):
+        for assigned in re.finditer(rf"\b{ADMIN_TOKEN}=(\S*)", node):
+            if not PASSED_THROUGH.fullmatch(assigned[1]):
+                found.append(where)
+    return found
+
+
+def secret_key_refs(objects: Iterable[Object]) -> set[tuple[str, str]]:
+    """(Secret, key) of every `secretKeyRef` in the workloads' containers."""
+    return {
+        (var["valueFrom"]["secretKeyRef"]["name"], var["valueFrom"]["secretKeyRef"]["key"])
+        for obj in objects
+        if obj["kind"] in WORKLOADS
+        for container in pod_template(obj)["spec"]["containers"]
+        for var in container.get("env", [])
+        if "secretKeyRef" in var.get("valueFrom", {})
+    }
+
+
+def test_production_frontend_takes_the_admin_token_from_its_own_optional_secret() -> None:
+    objects = load_all(render(PRODUCTION))
+    frontend = only_container(get(objects, "Deployment", "frontend"))
+
+    (token,) = [e for e in frontend["env"] if e["name"] == ADMIN_TOKEN]
+
+    # Optional: without the Secret the frontend still starts and the moderation API answers
+    # 403 (SPEC), rather than no frontend starting at all.
+    assert token == {
+        "name": ADMIN_TOKEN,
+        "valueFrom": {
+            "secretKeyRef": {"name": "guestbook-admin", "key": "token", "optional": True}
+        },
+    }
+    assert "envFrom" not in frontend
+    # Not in redis-auth: the Redis pods mount that Secret whole.
+    for name in ("redis-leader", "redis-follower"):
+        volumes = pod_template(get(objects, "Deployment", name))["spec"]["volumes"]
+        assert {v["secret"]["secretName"] for v in volumes if "secret" in v} == {"redis-auth"}
+
+
+def test_no_secret_is_committed_and_the_docs_create_each_one_the_production_overlay_uses() -> None:
+    for directory in KUSTOMIZATIONS:
+        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        assert "secretGenerator" not in kustomization, directory
+        assert not [o for o in load_all(render(directory)) if o["kind"] == "Secret"], directory
+
+    refs = secret_key_refs(load_all(render(PRODUCTION)))
+
+    assert refs == {("redis-auth", "password"), ("guestbook-admin", "token")}
+    for name, key in refs:
+        command = rf"create secret generic {name}[\s\\]+--from-literal={key}=\"\$\(openssl rand"
+        assert re.search(command, (ROOT / "docs" / "kubernetes.md").read_text()), name
+        assert re.search(command, (PRODUCTION / "kustomization.yaml").read_text()), name
+
+
+def test_no_configmap_env_literal_dockerfile_or_compose_line_holds_the_admin_token() -> None:
+    sources = {
+        str(path.relative_to(ROOT)): load_all(path.read_text())
+        for path in sorted(KUBE.rglob("*.yaml"))
+    }
+    for directory in KUSTOMIZATIONS:
+        sources[f"kubectl kustomize {directory.relative_to(ROOT)}"] = load_all(render(directory))
+    sources["compose.yaml"] = load_all((ROOT / "compose.yaml").read_text())
+
+    for where, documents in sources.items():
+        assert admin_token_literals(documents) == [], where
+    # In the image, an ENV or ARG would be in every layer's history: not even a mention.
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    assert [line for line in dockerfile if ADMIN_TOKEN in line.partition("#")[0]] == []
+
+
+def test_the_admin_token_literal_check_finds_each_way_of_writing_one() -> None:
+    config_map = {"kind": "ConfigMap", "data": {ADMIN_TOKEN: "x" * 32}}
+    env_literal = {"env": [{"name": ADMIN_TOKEN, "value": "x" * 32}]}
+    generator = {"configMapGenerator": [{"literals": [f"{ADMIN_TOKEN}={'x' * 32}"]}]}
+    compose_list = {"environment": [f"{ADMIN_TOKEN}={'x' * 32}"]}
+    from_secret = {"name": ADMIN_TOKEN, "valueFrom": {"secretKeyRef": {"name": "a", "key": "b"}}}
+    passed_through = {"environment": {ADMIN_TOKEN: f"${{{ADMIN_TOKEN}:-}}"}}
+
+    assert admin_token_literals(config_map) == [f".data.{ADMIN_TOKEN}"]
+    assert admin_token_literals(env_literal) == [".env[0].value"]
+    assert admin_token_literals(generator) == [".configMapGenerator[0].literals[0]"]
+    assert admin_token_literals(compose_list) == [".environment[0]"]
+    assert admin_token_literals(from_secret) == []
+    assert admin_token_literals(passed_through) == []
+
+
+def test_production_load_balancer_keeps_client_addresses_so_no_proxy_is_trusted() -> None:
+    objects = load_all(render(PRODUCTION))
+
+    service = get(objects, "Service", "frontend")
+    env = {e["name"] for e in only_container(get(objects, "Deployment", "frontend"))["env"]}
+
+    # A layer-4 balancer that does not masquerade: the socket peer is the client, which the
+    # rate limit and duplicate check count by. An Ingress in front would need the variable.
+    assert service["spec"]["externalTrafficPolicy"] == "Local"
+    assert "GUESTBOOK_TRUSTED_PROXIES" not in env
+    assert not [o for o in objects if o["kind"] == "Ingress"]
+
+
 def allowed_sources(policies: list[Object], target: Mapping[str, str], port: int) -> set[str]:
     """Which of the guestbook's pods may open `port` on a pod labelled `target`."""
     pods = {name: labels for name, labels in TUTORIAL_LABELS.items()}

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from . import __version__, api, docs, legacy, live, moderation_api, ops, pages
 from .assets import STATIC
 from .errors import GuestbookError
-from .fastpath import FastPath, Handler
+from .fastpath import FastPath, Handler, all_routes
 from .feed import Feed
 from .live import Hub
 from .metrics import Metrics
@@ -131,8 +131,14 @@ def _answer(request: Request, problem: Problem) -> Response:
 
 
 def _methods_for(app: FastAPI, path: str) -> set[str]:
-    """The methods the OpenAPI document lists for `path` (with HEAD beside GET)."""
-    methods = {method.upper() for method in app.openapi().get("paths", {}).get(path, {})}
+    """Every method a route serves at `path` (documented or not, like the page's POST), with
+    HEAD beside GET, as the middleware answers it."""
+    methods = {
+        method
+        for route in all_routes(app.router.routes)
+        if route.path == path
+        for method in route.methods or ()
+    }
     return methods | {"HEAD"} if "GET" in methods else methods
 
 

@@ -31,7 +31,7 @@ class FastPath:
     def __init__(self, app: FastAPI, handlers: Mapping[tuple[str, str], Handler]) -> None:
         self.app: ASGIApp = app
         routes: dict[str, BaseRoute] = {}
-        for route in _routes(app.router.routes):
+        for route in all_routes(app.router.routes):
             routes.setdefault(route.path, route)
         self._table = {key: (handler, routes[key[1]]) for key, handler in handlers.items()}
 
@@ -53,7 +53,7 @@ class FastPath:
         await self.app(scope, receive, send)
 
 
-def _routes(routes: Iterable[BaseRoute]) -> Iterator[Route]:
+def all_routes(routes: Iterable[BaseRoute]) -> Iterator[Route]:
     """Every route, through included routers too (FastAPI keeps those as a branch that holds
     the router it was given, `original_router`, instead of copying its routes)."""
     for route in routes:
@@ -61,4 +61,4 @@ def _routes(routes: Iterable[BaseRoute]) -> Iterator[Route]:
             yield route
         included = getattr(route, "original_router", None)
         if included is not None:
-            yield from _routes(included.routes)
+            yield from all_routes(included.routes)

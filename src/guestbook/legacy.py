@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
@@ -31,6 +32,7 @@ async def _legacy(request: Request, cmd: str, value: str | None) -> Response:
         return await legacy_get(state)
     if value is None:
         raise Refused(400, "cmd=set needs a value.")
+    _check_utf8(request)
     entry = value.rsplit(",", 1)[-1].strip()
     if not entry:
         raise Refused(400, "The last entry of value is empty.")
@@ -42,6 +44,15 @@ async def _legacy(request: Request, cmd: str, value: str | None) -> Response:
     else:
         remember_write(response, result.message.id)
     return response
+
+
+def _check_utf8(request: Request) -> None:
+    """The framework decodes a query string leniently (`%FF` becomes "\ufffd"); a value that
+    is not UTF-8 is bad input, and bad input stores nothing."""
+    try:
+        parse_qsl(request.scope["query_string"].decode("latin-1"), errors="strict")
+    except UnicodeDecodeError:
+        raise Refused(400, "The query string is not valid UTF-8.") from None
 
 
 async def legacy_get(state: AppState) -> Response:

@@ -30,6 +30,9 @@ _SECURITY_HEADERS = [
 ]
 
 
+NO_HEAD = frozenset({"/api/messages/stream"})
+
+
 class RequestMiddleware:
     """Security headers on every response; metrics and an access log line per request."""
 
@@ -46,10 +49,18 @@ class RequestMiddleware:
         status = 500
         started = False
         path: str = scope["path"]
+        method: str = scope["method"]
         csp = (DOCS_CSP if path == "/docs" else CSP).encode()
+        # HEAD is GET without the body (RFC 9110): every GET route answers it, headers and
+        # Content-Length included. Not the live stream, whose body never ends.
+        head = method == "HEAD" and path not in NO_HEAD
+        if head:
+            scope = {**scope, "method": "GET"}
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, started
+            if head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
@@ -76,7 +87,6 @@ class RequestMiddleware:
             duration = time.perf_counter() - start
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"
-            method: str = scope["method"]
             self.metrics.observe_request(method, route_path, status, duration)
             if self.access.enabled:
                 client = scope.get("client")

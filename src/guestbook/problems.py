@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, Response
 
 from .errors import (
@@ -47,6 +48,8 @@ POSTING_PAUSED = (
 )
 READING_PAUSED = "The guestbook cannot load its messages right now. Please try again in a moment."
 INTERNAL = "Something went wrong on our side; it has been logged."
+# nginx's status for a request whose client went away; no client ever reads it.
+CLIENT_CLOSED = 499
 # A store that failed is tried again by the client after this long.
 STORE_RETRY_AFTER = "2"
 
@@ -59,7 +62,10 @@ class Problem:
 
     @property
     def title(self) -> str:
-        return HTTPStatus(self.status).phrase
+        try:
+            return HTTPStatus(self.status).phrase
+        except ValueError:  # 499 is nginx's, not the standard's
+            return "Client Closed Request"
 
 
 def _replication(exc: GuestbookError) -> Problem:
@@ -109,6 +115,8 @@ def problem_for(exc: BaseException) -> Problem:
             build = _TABLE.get(cls)
             if build is not None:
                 return build(exc)
+    if isinstance(exc, ClientDisconnect):
+        return Problem(CLIENT_CLOSED, "The client closed the connection.")
     return Problem(500, INTERNAL)
 
 
@@ -155,6 +163,10 @@ def answer_error(exc: BaseException, method: str, path: str, headers: Headers) -
     answer is a warning, anything unforeseen an error with its trace), then `problem_for` it."""
     if isinstance(exc, StoreError):
         log.warning("store unavailable on %s %s: %s", method, path, exc)
+    elif isinstance(exc, ClientDisconnect):
+        # The client left before its request was read: nothing went wrong on our side, and
+        # a 5xx here would raise false alerts. Counted under nginx's 499, logged as info.
+        log.info("client left during %s %s", method, path)
     elif not isinstance(exc, GuestbookError):
         log.error("unhandled error on %s %s", method, path, exc_info=exc)
     return problem_response(problem_for(exc), path, headers)
