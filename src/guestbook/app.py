@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from . import __version__, api, docs, legacy, live, moderation_api, ops, pages
+from . import __version__, api, atom, docs, legacy, live, moderation_api, ops, pages
 from .assets import STATIC
 from .errors import GuestbookError
 from .fastpath import FastPath, Handler, all_routes
@@ -39,6 +39,7 @@ FAST_HANDLERS: dict[tuple[str, str], Handler] = {
     ("GET", "/guestbook.php"): legacy.fast_get,
     ("GET", "/guestbook"): legacy.fast_get,
     ("GET", "/api/messages/stream"): live.fast_stream,
+    ("GET", "/feed.atom"): atom.fast_feed,
 }
 
 
@@ -112,6 +113,7 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.include_router(pages.router)
+    app.include_router(atom.router)
     app.include_router(live.router)
     app.include_router(api.router)
     app.include_router(moderation_api.router)
