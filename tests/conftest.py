@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -347,9 +348,21 @@ def cli(
     )
 
 
-def post(client: httpx.Client, text: str) -> httpx.Response:
-    """POST a message through the JSON API; the answer as it came."""
-    return client.post("/api/messages", json={"text": text})
+def post(target: httpx.Client | Frontend, text: str) -> httpx.Response:
+    """POST a message through the JSON API (of a client's frontend, or of a frontend); the
+    answer as it came."""
+    if isinstance(target, Frontend):
+        return httpx.post(f"{target.url}/api/messages", json={"text": text}, timeout=10)
+    return target.post("/api/messages", json={"text": text})
+
+
+def posted(target: httpx.Client | Frontend, text: str) -> dict[str, Any]:
+    """POST a message that must be taken; the stored message."""
+    response = post(target, text)
+    assert response.status_code == 201, response.text
+    value = response.json()
+    assert isinstance(value, dict)
+    return value
 
 
 @pytest.fixture

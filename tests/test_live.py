@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import HOST, Cluster, Frontend, MakeFrontend, wait_until
+from conftest import HOST, Cluster, Frontend, MakeFrontend, posted, wait_until
 
 STREAM = "guestbook:messages"
 
@@ -198,14 +198,6 @@ def streams() -> Iterator[Callable[..., Stream]]:
         stream.close()
 
 
-def post(frontend: Frontend, text: str) -> dict[str, Any]:
-    response = httpx.post(f"{frontend.url}/api/messages", json={"text": text}, timeout=10)
-    assert response.status_code == 201, response.text
-    value = response.json()
-    assert isinstance(value, dict)
-    return value
-
-
 def newest_id(frontend: Frontend) -> str:
     messages = httpx.get(f"{frontend.url}/api/messages?limit=1", timeout=10).json()["messages"]
     return str(messages[0]["id"]) if messages else "0-0"
@@ -235,21 +227,21 @@ def test_each_new_message_is_one_event_with_its_id_and_json(
     assert stream.headers["content-type"].startswith("text/event-stream")
     assert "no-cache" in stream.headers["cache-control"]
 
-    posted = [post(shared_frontend, f"{token} live {i} <b>&amp;</b>\nline") for i in range(3)]
+    sent = [posted(shared_frontend, f"{token} live {i} <b>&amp;</b>\nline") for i in range(3)]
 
     received = [m for m in stream.messages(3) if m["text"].startswith(token)]
-    assert received == posted
+    assert received == sent
 
 
 def test_a_stream_without_a_resume_id_starts_with_the_next_message(
     shared_frontend: Frontend, streams: Callable[..., Stream], token: str
 ) -> None:
-    before = post(shared_frontend, f"{token} before")
+    before = posted(shared_frontend, f"{token} before")
     baseline = live_clients(shared_frontend)
     stream = streams(shared_frontend)
     wait_until(lambda: live_clients(shared_frontend) == baseline + 1)
 
-    after = post(shared_frontend, f"{token} after")
+    after = posted(shared_frontend, f"{token} after")
 
     (first,) = stream.messages(1)
     assert first == after
@@ -260,14 +252,14 @@ def test_last_event_id_resumes_with_nothing_missed_or_repeated(
     shared_frontend: Frontend, streams: Callable[..., Stream], token: str
 ) -> None:
     first = streams(shared_frontend, f"?after={newest_id(shared_frontend)}")
-    seen = [post(shared_frontend, f"{token} seen {i}") for i in range(2)]
+    seen = [posted(shared_frontend, f"{token} seen {i}") for i in range(2)]
     assert first.messages(2) == seen
     first.close()
-    missed = [post(shared_frontend, f"{token} missed {i}") for i in range(3)]
+    missed = [posted(shared_frontend, f"{token} missed {i}") for i in range(3)]
 
     # A browser reconnects to the same URL (the original ?after=) plus Last-Event-ID.
     second = streams(shared_frontend, f"?after={seen[0]['id']}", last_event_id=seen[-1]["id"])
-    later = post(shared_frontend, f"{token} later")
+    later = posted(shared_frontend, f"{token} later")
 
     assert second.messages(4) == [*missed, later]
 
@@ -275,8 +267,8 @@ def test_last_event_id_resumes_with_nothing_missed_or_repeated(
 def test_after_parameter_resumes_like_last_event_id(
     shared_frontend: Frontend, streams: Callable[..., Stream], token: str
 ) -> None:
-    start = post(shared_frontend, f"{token} start")
-    missed = [post(shared_frontend, f"{token} missed {i}") for i in range(3)]
+    start = posted(shared_frontend, f"{token} start")
+    missed = [posted(shared_frontend, f"{token} missed {i}") for i in range(3)]
 
     stream = streams(shared_frontend, f"?after={start['id']}")
 
@@ -286,7 +278,7 @@ def test_after_parameter_resumes_like_last_event_id(
 def test_resume_from_before_the_feed_memory_reads_the_store_without_gaps(
     shared_cluster: Cluster, shared_frontend: Frontend, streams: Callable[..., Stream], token: str
 ) -> None:
-    start = post(shared_frontend, f"{token} start")
+    start = posted(shared_frontend, f"{token} start")
     leader = shared_cluster.leader.client()
     pipe = leader.pipeline(transaction=False)
     for i in range(1200):
@@ -330,8 +322,8 @@ def test_a_stream_says_at_connect_that_the_store_is_ok(
     stream = streams(shared_frontend, f"?after={newest_id(shared_frontend)}")
 
     assert stream.store_status() == {"store": "ok"}
-    posted = post(shared_frontend, f"{token} after the status")
-    assert stream.messages(1) == [posted]
+    message = posted(shared_frontend, f"{token} after the status")
+    assert stream.messages(1) == [message]
 
 
 @pytest.mark.parametrize("fault", ["killed", "frozen"])
@@ -339,7 +331,7 @@ def test_streams_are_told_when_the_store_is_gone_and_when_it_is_back(
     cluster: Cluster, make_frontend: MakeFrontend, streams: Callable[..., Stream], fault: str
 ) -> None:
     frontend = make_frontend(cluster)
-    before = post(frontend, "before the outage")
+    before = posted(frontend, "before the outage")
     stream = streams(frontend, f"?after={before['id']}")
     assert stream.store_status() == {"store": "ok"}
 
@@ -348,7 +340,7 @@ def test_streams_are_told_when_the_store_is_gone_and_when_it_is_back(
     cluster.mend_all(fault)
     assert stream.store_status(timeout=30) == {"store": "ok"}
 
-    after = post(frontend, "after the outage")
+    after = posted(frontend, "after the outage")
     assert stream.messages(1) == [after]
 
 
@@ -374,10 +366,10 @@ def test_resume_works_across_frontends_sharing_one_store(
 ) -> None:
     a, b = make_frontend(cluster), make_frontend(cluster)
     on_a = streams(a, "?after=0-0")
-    seen = [post(b, f"from b {i}") for i in range(2)]
+    seen = [posted(b, f"from b {i}") for i in range(2)]
     assert on_a.messages(2) == seen
     on_a.close()
-    missed = [post(a, f"from a {i}") for i in range(2)]
+    missed = [posted(a, f"from a {i}") for i in range(2)]
 
     on_b = streams(b, last_event_id=seen[-1]["id"])
 
@@ -389,15 +381,15 @@ def test_resume_works_across_a_frontend_restart(
 ) -> None:
     a, b = make_frontend(cluster), make_frontend(cluster)
     stream = streams(a, "?after=0-0")
-    seen = post(a, "before the restart")
+    seen = posted(a, "before the restart")
     assert stream.messages(1) == [seen]
 
     a.stop()
     ending = stream.rest()
-    missed = [post(b, f"while a was down {i}") for i in range(3)]
+    missed = [posted(b, f"while a was down {i}") for i in range(3)]
     a.start()
     resumed = streams(a, last_event_id=seen["id"])
-    after = post(a, "after the restart")
+    after = posted(a, "after the restart")
 
     assert ending[-1].kind == "reconnect"
     assert resumed.messages(4) == [*missed, after]

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Cluster, Frontend, MakeFrontend, wait_until
+from conftest import Cluster, Frontend, MakeFrontend, post, wait_until
 from guestbook.problems import POSTING_PAUSED, prefers_html
 
 STATIC = Path(__file__).resolve().parent.parent / "src" / "guestbook" / "static"
@@ -51,10 +51,6 @@ def fed(frontend: Frontend, text: str) -> None:
             if line.startswith("data:") and text in line:
                 return
     raise AssertionError(f"{text!r} never came through the live feed")
-
-
-def post(frontend: Frontend, text: str) -> httpx.Response:
-    return httpx.post(f"{frontend.url}/api/messages", json={"text": text}, timeout=10)
 
 
 # --- which clients get HTML ----------------------------------------------------------------

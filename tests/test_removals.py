@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Cluster, Frontend, MakeFrontend, wait_until
+from conftest import Cluster, Frontend, MakeFrontend, posted, wait_until
 from guestbook import moderation
 from guestbook.store import MessageStore
-from test_live import Event, Stream, metric, post
+from test_live import Event, Stream, metric
 
 STREAM = "guestbook:messages"
 # The contract says within a second; polled this long so a slow machine does not fail it.
@@ -129,8 +129,8 @@ def legacy(frontend: Frontend) -> list[str]:
     return data.split(",") if data else []
 
 
-def posted(frontend: Frontend, count: int, prefix: str = "message") -> list[dict[str, Any]]:
-    return [post(frontend, f"{prefix} {i:02d}") for i in range(count)]
+def post_many(frontend: Frontend, count: int, prefix: str = "message") -> list[dict[str, Any]]:
+    return [posted(frontend, f"{prefix} {i:02d}") for i in range(count)]
 
 
 def caught_up(frontends: tuple[Frontend, ...], newest: str) -> None:
@@ -144,7 +144,7 @@ def caught_up(frontends: tuple[Frontend, ...], newest: str) -> None:
 def test_a_removed_message_is_gone_from_every_read_of_both_frontends_and_their_live_clients(
     cluster: Cluster, frontends: tuple[Frontend, Frontend], streams: Callable[..., Stream]
 ) -> None:
-    messages = posted(frontends[0], 30)
+    messages = post_many(frontends[0], 30)
     newest = messages[-1]["id"]
     caught_up(frontends, newest)
     live = [streams(f, f"?after={newest}") for f in frontends for _ in range(2)]
@@ -178,12 +178,12 @@ def test_a_removed_message_is_gone_from_every_read_of_both_frontends_and_their_l
 def test_a_message_posted_after_a_removal_reaches_live_clients_after_the_remove_event(
     cluster: Cluster, frontends: tuple[Frontend, Frontend], streams: Callable[..., Stream]
 ) -> None:
-    messages = posted(frontends[0], 3)
+    messages = post_many(frontends[0], 3)
     caught_up(frontends, messages[-1]["id"])
     live = [streams(f, f"?after={messages[-1]['id']}") for f in frontends]
 
     remove(cluster, messages[0]["id"])
-    later = post(frontends[1], "later")
+    later = posted(frontends[1], "later")
 
     for stream in live:
         assert events(stream, 2) == [removal(messages[0]["id"]), message(later)]
@@ -195,7 +195,7 @@ def test_a_message_posted_after_a_removal_reaches_live_clients_after_the_remove_
 def test_a_client_resuming_from_before_a_removal_is_told_of_it_first_on_either_frontend(
     cluster: Cluster, frontends: tuple[Frontend, Frontend], streams: Callable[..., Stream]
 ) -> None:
-    messages = posted(frontends[0], 5)
+    messages = post_many(frontends[0], 5)
     caught_up(frontends, messages[-1]["id"])
     seen = messages[2]["id"]  # the client had messages 0-2 and lost its connection
     before = [metric(f, 'guestbook_store_calls_total{operation="removed_since"') for f in frontends]
@@ -207,7 +207,7 @@ def test_a_client_resuming_from_before_a_removal_is_told_of_it_first_on_either_f
         wait_until(lambda f=frontend: len(api(f)["messages"]) == 3)
     resumed = [streams(f, last_event_id=seen) for f in frontends]
     by_query = [streams(f, f"?after={seen}") for f in frontends]
-    later = post(frontends[1], "later")
+    later = posted(frontends[1], "later")
 
     for stream in (*resumed, *by_query):
         assert events(stream, 3) == [
@@ -224,7 +224,7 @@ def test_a_client_resuming_from_before_what_the_feed_remembers_is_told_by_the_st
     cluster: Cluster, frontends: tuple[Frontend, Frontend], streams: Callable[..., Stream]
 ) -> None:
     a, _ = frontends
-    messages = posted(a, 2)
+    messages = post_many(a, 2)
     remove(cluster, messages[0]["id"])
     # More removals than a feed remembers (1000), of messages newer than the client has.
     leader = cluster.leader.client()
@@ -232,7 +232,7 @@ def test_a_client_resuming_from_before_what_the_feed_remembers_is_told_by_the_st
     for i in range(1001):
         pipe.xadd(STREAM, {"t": f"filler {i}"})
     remove(cluster, *[str(i) for i in pipe.execute()])
-    tail = post(a, "tail")
+    tail = posted(a, "tail")
     caught_up(frontends, tail["id"])
     store_reads = metric(a, 'guestbook_store_calls_total{operation="removed_since"')
 
@@ -248,7 +248,7 @@ def test_a_client_resuming_from_before_what_the_feed_remembers_is_told_by_the_st
 def test_removing_the_newest_message_shows_the_previous_one_and_reloads_nothing(
     cluster: Cluster, frontends: tuple[Frontend, Frontend], streams: Callable[..., Stream]
 ) -> None:
-    messages = posted(frontends[0], 3)
+    messages = post_many(frontends[0], 3)
     caught_up(frontends, messages[-1]["id"])
     live = [streams(f, f"?after={messages[-1]['id']}") for f in frontends]
     checks = [metric(f, 'guestbook_store_calls_total{operation="last_id"') for f in frontends]
@@ -279,7 +279,7 @@ def test_removing_the_newest_message_shows_the_previous_one_and_reloads_nothing(
 def test_every_live_client_of_both_frontends_gets_each_of_twenty_removals(
     cluster: Cluster, frontends: tuple[Frontend, Frontend], streams: Callable[..., Stream]
 ) -> None:
-    messages = posted(frontends[0], 20)
+    messages = post_many(frontends[0], 20)
     caught_up(frontends, messages[-1]["id"])
     live = [streams(f, "?after=0-0") for f in frontends for _ in range(2)]
     for stream in live:
