@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from . import __version__, api, atom, docs, legacy, live, moderation_api, ops, pages
+from . import __version__, admin, api, atom, docs, legacy, live, moderation_api, ops, pages
 from .assets import STATIC
 from .errors import GuestbookError
 from .fastpath import FastPath, Handler, all_routes
@@ -117,6 +117,7 @@ def create_app(
     app.include_router(live.router)
     app.include_router(api.router)
     app.include_router(moderation_api.router)
+    app.include_router(admin.router)
     app.include_router(legacy.router)
     app.include_router(ops.router)
     app.include_router(docs.router)

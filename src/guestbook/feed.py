@@ -148,6 +148,13 @@ class Feed:
             return None
         return list(reversed(self.recent))[: limit + 1]
 
+    def drop_now(self, message_id: str) -> None:
+        """A removal this process made: out of memory at once, so the moderator's next read
+        here does not show it. The removal stream brings it again, and that tells the live
+        clients (dropping it twice changes nothing)."""
+        if self._drop([message_id]):
+            self.version += 1
+
     def is_removed(self, message_id: str) -> bool:
         """True for a message whose removal this feed read lately (REMOVALS_KEPT of them)."""
         return message_id in self._removed_ids

@@ -94,6 +94,7 @@ async def remove_message(request: Request, message_id: Id) -> Response:
     removed = await moderation.remove(state.store, message_id, by=by, reason=await _reason(request))
     if removed is None:
         raise Refused(404, f"No message {message_id}: it was never posted or is removed already.")
+    state.feed.drop_now(removed.id)
     return Response(status_code=204)
 
 
