@@ -248,3 +248,28 @@ def test_the_moderators_page_reads_well_at_phone_width(
     sign_in_page = new_page(f"{frontend.url}/admin", viewport=PHONE)
     sign_in_page.screenshot(path=str(tmp_path / "admin-sign-in-375.png"), full_page=True)
     expect(sign_in_page.get_by_role("button", name="Sign in")).to_be_in_viewport()
+
+
+def test_a_visitor_on_another_frontend_sees_the_removal_live_without_reloading(
+    cluster: Cluster, make_frontend: MakeFrontend, new_page: Callable[..., Page]
+) -> None:
+    one = make_frontend(cluster, GUESTBOOK_ADMIN_TOKEN=TOKEN)
+    two = make_frontend(cluster, GUESTBOOK_ADMIN_TOKEN=TOKEN)
+    post_api(one, "a kind word")
+    spam = post_api(one, "buy cheap watches")
+    visitor = new_page(two.url)
+    expect(visitor.locator("#live")).to_be_visible()  # the live stream is open
+    expect(visitor.locator(f'#messages li[data-id="{spam["id"]}"]')).to_have_count(1)
+    marker = visitor.evaluate("() => (window.__same_page = true)")
+    assert marker is True
+
+    admin = new_page(f"{one.url}/admin")
+    sign_in(admin)
+    row = admin.locator(f'.messages-admin li[data-id="{spam["id"]}"]')
+    with admin.expect_navigation():
+        row.get_by_role("button", name="Remove").click()
+
+    # Gone from the open page by the live `remove` event: the same page, never reloaded.
+    expect(visitor.locator(f'#messages li[data-id="{spam["id"]}"]')).to_have_count(0)
+    assert visitor.evaluate("() => window.__same_page === true")
+    assert public_texts(visitor) == ["a kind word"]
