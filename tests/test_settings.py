@@ -152,7 +152,7 @@ def test_flags_exist_for_every_guestbook_variable() -> None:
         "GUESTBOOK_LOG_LEVEL", "GUESTBOOK_LOG_FORMAT", "GUESTBOOK_SHUTDOWN_DRAIN",
         "GUESTBOOK_SSE_HEARTBEAT", "GUESTBOOK_SSE_QUEUE", "GET_HOSTS_FROM",
         "GUESTBOOK_ADMIN_TOKEN", "GUESTBOOK_MODERATION", "GUESTBOOK_MAX_LINKS",
-        "GUESTBOOK_TRUSTED_PROXIES",
+        "GUESTBOOK_TRUSTED_PROXIES", "GUESTBOOK_INSTANCE",
     }  # fmt: skip
     assert {env for env, _ in FLAGS.values()} == documented
 
@@ -248,3 +248,9 @@ def test_bad_moderation_values_name_their_variable_and_never_the_token(
     with pytest.raises(ConfigError, match=named) as caught:
         Settings.from_env(env)
     assert "short-secret" not in str(caught.value)
+
+
+def test_the_instance_is_named_by_its_variable_else_by_hostname() -> None:
+    assert Settings.from_env({"GUESTBOOK_INSTANCE": "frontend-7"}).instance == "frontend-7"
+    assert Settings.from_env({"HOSTNAME": "frontend-5d9c-x2"}).instance == "frontend-5d9c-x2"
+    assert Settings.from_env({}).instance  # the machine's hostname

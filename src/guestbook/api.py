@@ -69,6 +69,14 @@ class ServerInfo(BaseModel):
     lag_seconds: int | None
 
 
+class Frontend(BaseModel):
+    name: str
+    started_at: str
+    version: str
+    requests: int = Field(description="Requests answered since it started")
+    live_clients: int
+
+
 class Status(BaseModel):
     instance: str
     mode: str
@@ -78,6 +86,10 @@ class Status(BaseModel):
     last_id: str | None
     live_clients: int
     reading_from: str
+    frontends: list[Frontend] = Field(
+        description="Every frontend up on this store, each reporting itself every few seconds "
+        "(a stopped one drops off within 60 s, a SIGTERMed one at once)"
+    )
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -4,6 +4,8 @@ at import time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -16,7 +18,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from . import __version__, admin, api, atom, docs, legacy, live, moderation_api, ops, pages
+from . import (
+    __version__,
+    admin,
+    api,
+    atom,
+    docs,
+    legacy,
+    live,
+    moderation_api,
+    ops,
+    pages,
+    presence,
+)
 from .assets import STATIC
 from .errors import GuestbookError
 from .fastpath import FastPath, Handler, all_routes
@@ -87,6 +101,7 @@ def create_app(
         state.hub = Hub(state)
         app.state.guestbook = state
         feed.start()
+        reporter = asyncio.create_task(presence.report(state), name="guestbook-presence")
         log.info(
             "guestbook ready: %s store, leader %s, %d follower(s)",
             address.mode,
@@ -97,6 +112,8 @@ def create_app(
             yield {"app": state}
         finally:
             state.shutting_down.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(reporter, presence.EVERY)
             await feed.stop()
             await store.close()
 

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +52,10 @@ FLAGS: dict[str, tuple[str, str]] = {
         "the moderators' bearer token, at least 16 characters (unset: moderation API 403)",
     ),
     "--moderation": ("GUESTBOOK_MODERATION", "off, or pre: hold every post for approval (off)"),
+    "--instance": (
+        "GUESTBOOK_INSTANCE",
+        "this frontend's name in status, logs and metrics (default: the hostname)",
+    ),
     "--max-links": ("GUESTBOOK_MAX_LINKS", "hold a post with more links than this (2)"),
     "--trusted-proxies": (
         "GUESTBOOK_TRUSTED_PROXIES",
@@ -294,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .server import AddressInUse, serve
 
             try:
-                serve(settings, os.environ.get("HOSTNAME") or socket.gethostname())
+                serve(settings, settings.instance)
             except AddressInUse as exc:
                 print(f"guestbook: {exc.describe(name)}", file=sys.stderr)
                 return 1

@@ -11,12 +11,17 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 from .settings import Settings
 
 access_log = logging.getLogger("guestbook.access")
+
+# The id of the request being served, in every log line written while it is: an operator
+# follows one request across frontends and proxies by it (X-Request-ID).
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,6 +45,9 @@ class JsonFormatter(logging.Formatter):
             value = record.__dict__.get(key)
             if value is not None:
                 entry[key] = value
+        current = record.__dict__.get("request_id") or request_id.get()
+        if current is not None:
+            entry["request_id"] = current
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -122,7 +130,9 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
 
-    def write(self, method: str, path: str, status: int, seconds: float, client: str) -> None:
+    def write(
+        self, method: str, path: str, status: int, seconds: float, client: str, rid: str
+    ) -> None:
         duration_ms = round(seconds * 1000, 2)
         if self._direct is None:
             access_log.info(
@@ -136,6 +146,7 @@ class AccessLog:
                     "status": status,
                     "duration_ms": duration_ms,
                     "client": client,
+                    "request_id": rid,
                 },
             )
             return
@@ -148,5 +159,6 @@ class AccessLog:
             f'{{"time": "{self._stamp}.{int(now * 1000) % 1000:03d}+00:00", "level": "info", '
             f'"event": {_quote(f"{method} {path} {status}")}, "logger": "guestbook.access", '
             f'"instance": {self._instance}, "method": {_quote(method)}, "path": {_quote(path)}, '
-            f'"status": {status}, "duration_ms": {duration_ms}, "client": {_quote(client)}}}'
+            f'"status": {status}, "duration_ms": {duration_ms}, "client": {_quote(client)}, '
+            f'"request_id": {_quote(rid)}}}'
         )

@@ -57,6 +57,8 @@ class Metrics:
         self.page_cache_hit = page_cache.labels("hit")
         self.page_cache_miss = page_cache.labels("miss")
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # Requests answered since start, for this frontend's own record (presence.py).
+        self.served = 0
 
     def observe_store_call(self, operation: str, role: str, error: str | None) -> None:
         if error is None:
@@ -75,3 +77,4 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+        self.served += 1

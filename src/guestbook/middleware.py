@@ -6,12 +6,13 @@ One pure-ASGI wrapper does all of it so that the read path pays for one layer, n
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .logs import AccessLog
+from .logs import AccessLog, request_id
 from .metrics import Metrics
 from .problems import answer_error
 
@@ -31,6 +32,19 @@ _SECURITY_HEADERS = [
 
 
 NO_HEAD = frozenset({"/api/messages/stream"})
+# A client's own X-Request-ID is kept when it looks like an id (a proxy's, say); anything else
+# is replaced, so a log line never carries what an attacker chose to put there.
+_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+MAX_REQUEST_ID = 128
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id":
+            if 0 < len(value) <= MAX_REQUEST_ID and set(value) <= _ID_CHARS:
+                return value.decode("ascii")
+            break
+    return secrets.token_hex(8)
 
 
 class RequestMiddleware:
@@ -56,6 +70,9 @@ class RequestMiddleware:
         head = method == "HEAD" and path not in NO_HEAD
         if head:
             scope = {**scope, "method": "GET"}
+        rid = _request_id(scope["headers"])
+        token = request_id.set(rid)
+        rid_header = (b"x-request-id", rid.encode())
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, started
@@ -66,6 +83,7 @@ class RequestMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"content-security-policy", csp))
+                headers.append(rid_header)
                 headers.extend(_SECURITY_HEADERS)
                 state = scope.get("state", {}).get("app")
                 if state is not None and state.shutting_down.is_set():
@@ -90,4 +108,5 @@ class RequestMiddleware:
             self.metrics.observe_request(method, route_path, status, duration)
             if self.access.enabled:
                 client = scope.get("client")
-                self.access.write(method, path, status, duration, client[0] if client else "")
+                self.access.write(method, path, status, duration, client[0] if client else "", rid)
+            request_id.reset(token)

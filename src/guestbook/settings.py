@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     shutdown_drain: float = Field(
         0.0, ge=0.0, le=600.0, validation_alias="GUESTBOOK_SHUTDOWN_DRAIN"
     )
+    # This frontend's name in /api/status, /status, logs and metrics: the pod name on Kubernetes.
+    instance: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=100,
+        validation_alias="GUESTBOOK_INSTANCE",
+    )
     # Kubernetes-injected Service variables, kept for GET_HOSTS_FROM=env.
     service_env: dict[str, str] = Field(default_factory=dict)
 
@@ -173,6 +180,11 @@ class Settings(BaseSettings):
                     values[alias] = raw
             del name
         values["service_env"] = {k: v for k, v in env.items() if k.startswith("REDIS_")}
+        if "GUESTBOOK_INSTANCE" not in values:
+            # Kubernetes sets HOSTNAME to the pod's name.
+            hostname = _blank_to_none(env.get("HOSTNAME"))
+            if hostname is not None:
+                values["GUESTBOOK_INSTANCE"] = hostname
         try:
             return cls(**values)
         except ValidationError as exc:

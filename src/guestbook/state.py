@@ -4,10 +4,11 @@ the way out. Requests reach it as `request.state.app` (the lifespan's state)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import StoreError
 from .feed import Feed
 from .metrics import Metrics
 from .settings import Settings
@@ -35,6 +36,15 @@ class BodyCache:
         return body
 
 
+async def _or_empty(listing: Awaitable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """No store to read the records from: no frontend can be named (the rest of the status
+    says why)."""
+    try:
+        return await listing
+    except StoreError:
+        return []
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -59,6 +69,8 @@ class AppState:
         self.bodies = BodyCache(self.feed)
 
     async def status_dict(self) -> dict[str, Any]:
+        from .presence import frontends  # presence reads this state: imported when asked
+
         status = await self.store.status()
         return {
             "instance": self.instance,
@@ -69,4 +81,5 @@ class AppState:
             "last_id": status.last_id,
             "live_clients": self.feed.subscriber_count,
             "reading_from": self.feed.source if self.feed.live else self.read_from,
+            "frontends": await _or_empty(frontends(self)),
         }
