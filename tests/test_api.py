@@ -216,7 +216,10 @@ def test_page_footer_names_the_instance_in_plain_words(gb: httpx.Client) -> None
     page = gb.get("/").text
     status = gb.get("/api/status").json()
     footer = page.split('<footer class="instance">', 1)[1].split("</footer>", 1)[0]
-    assert footer == f'Served by <strong id="instance">{status["instance"]}</strong>.'
+    assert footer == (
+        f'Served by <strong id="instance">{status["instance"]}</strong>'
+        ' · <a href="/status">How this guestbook runs</a>'
+    )
     # Which server a read came from means nothing to a visitor; /api/status tells operators.
     assert 'id="source"' not in page
     assert "read from the" not in page

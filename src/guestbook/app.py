@@ -30,6 +30,7 @@ from . import (
     ops,
     pages,
     presence,
+    status_page,
 )
 from .assets import STATIC
 from .errors import GuestbookError
@@ -138,6 +139,7 @@ def create_app(
     app.include_router(legacy.router)
     app.include_router(ops.router)
     app.include_router(docs.router)
+    app.include_router(status_page.router)
     app.mount("/static", STATIC, "static")
     swagger = docs.assets()
     if swagger is not None:

@@ -1,0 +1,140 @@
+"""The topology page in a real browser: Playwright driving Debian's Chromium against real
+`guestbook serve` frontends on a real leader and two followers. A frontend started after the page
+opened appears on it, and a killed follower turns red, both without a reload; the page fits a
+phone's width; a screenshot of it is kept at docs/status.png. A CSP violation or a page error
+fails the test."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from conftest import ROOT, Cluster, MakeFrontend
+
+pytestmark = pytest.mark.browser
+
+# As in test_browser.py: headless and offline.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--no-first-run",
+]
+TIMEOUT_MS = 15_000
+expect.set_options(timeout=TIMEOUT_MS)
+
+DOWN = re.compile(r"\bdown\b")
+SERVED = re.compile(r"\bserved\b")
+PHONE = {"width": 375, "height": 812}
+SCREENSHOT = ROOT / "docs" / "status.png"
+
+
+def chromium_path() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=path, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """Open a page in a fresh context; fails the test on any page error or CSP violation
+    (reported on the console)."""
+    contexts: list[BrowserContext] = []
+    errors: list[str] = []
+
+    def open_page(url: str, **options: Any) -> Page:
+        context = browser.new_context(**options)
+        context.set_default_timeout(TIMEOUT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on(
+            "console",
+            lambda message: (
+                errors.append(message.text) if "Content Security Policy" in message.text else None
+            ),
+        )
+        page.goto(url)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+    assert errors == [], f"the page reported errors: {errors}"
+
+
+def test_a_new_frontend_appears_and_a_killed_follower_turns_red_without_a_reload(
+    cluster: Cluster, make_frontend: MakeFrontend, new_page: Callable[..., Page]
+) -> None:
+    one = make_frontend(cluster, GUESTBOOK_INSTANCE="frontend-a")
+    page = new_page(f"{one.url}/status", viewport={"width": 1000, "height": 700})
+    page.evaluate("window.notReloaded = true")
+    served = page.locator("#frontends li.served")
+    expect(served).to_have_attribute("data-name", "frontend-a")
+    expect(page.locator("#frontends li.frontend")).to_have_count(1)
+    followers = page.locator("#followers li.follower")
+    expect(followers).to_have_count(2)
+    expect(page.locator("#followers li.down")).to_have_count(0)
+
+    make_frontend(cluster, GUESTBOOK_INSTANCE="frontend-b")
+    b = page.locator('#frontends li.frontend[data-name="frontend-b"]')
+    expect(b).to_be_visible()
+    expect(b).not_to_have_class(SERVED)
+    expect(b).to_contain_text("requests")
+    expect(page.locator("#live")).to_be_visible()
+
+    first = followers.nth(0)
+    cluster.followers[0].kill()
+    expect(first).to_have_class(DOWN)
+    expect(first).to_contain_text("unreachable")
+    expect(followers.nth(1)).not_to_have_class(DOWN)
+    red = first.evaluate("node => getComputedStyle(node).borderTopColor")
+    assert red == "rgb(198, 40, 40)"
+    expect(page.locator("#frontends li.served")).to_have_attribute("data-name", "frontend-a")
+    assert page.evaluate("window.notReloaded") is True
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+
+
+def test_the_page_fits_a_phone(
+    cluster: Cluster, make_frontend: MakeFrontend, new_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    frontend = make_frontend(cluster, GUESTBOOK_INSTANCE="frontend-phone")
+    page = new_page(f"{frontend.url}/status", viewport=PHONE)
+    expect(page.locator("#frontends li.served")).to_be_visible()
+    expect(page.locator("#leader li.leader")).to_be_visible()
+    expect(page.locator("#followers li.follower")).to_have_count(2)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"]
+    for selector in ("#leader li.leader", "#followers li.follower >> nth=1"):
+        box = page.locator(selector).bounding_box()
+        assert box is not None
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= PHONE["width"]
+    page.screenshot(path=str(tmp_path / "status-phone.png"), full_page=True)
