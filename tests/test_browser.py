@@ -187,6 +187,9 @@ def test_a_page_shows_messages_once_however_they_arrive(
 
     for i in range(5):
         write(page, f"{token} mine {i}")
+        # As a person does: the next message once this one is sent (a post still on its way
+        # keeps the box busy, and Enter then waits).
+        expect(page.locator("form.post")).not_to_have_attribute("aria-busy", "true")
         post_api(shared_frontend, f"{token} theirs {i}")
     expect(page.locator("#messages li").first).to_contain_text(f"{token} theirs 4")
 
