@@ -43,7 +43,7 @@ def calls() -> Calls:
 @pytest.fixture
 async def store(cluster: Cluster, calls: Calls) -> AsyncIterator[MessageStore]:
     store = MessageStore(
-        cluster.leader.url, cluster.follower_urls().split(","), timeout=0.5, observer=calls
+        cluster.leader.url, cluster.follower_urls().split(","), timeout=2, observer=calls
     )
     yield store
     await store.close()

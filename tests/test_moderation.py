@@ -22,7 +22,7 @@ CLIENT = "198.51.100.7"
 
 @pytest.fixture
 async def store(cluster: Cluster) -> AsyncIterator[MessageStore]:
-    store = MessageStore(cluster.leader.url, cluster.follower_urls().split(","), timeout=0.5)
+    store = MessageStore(cluster.leader.url, cluster.follower_urls().split(","), timeout=2)
     yield store
     await store.close()
 
@@ -228,13 +228,15 @@ async def test_watching_for_changes_reports_new_messages_and_removal_records_tog
 
 
 async def test_removing_the_newest_message_does_not_move_the_last_generated_id_back(
-    store: MessageStore,
+    cluster: Cluster, store: MessageStore
 ) -> None:
     assert await store.last_generated_id() == "0-0"
     await store.append("older")
     newest = await store.append("newest")
 
     await moderation.remove(store, newest.id, by="alice")
+    wait_replicated(cluster, "guestbook:removed")  # `head` reads a follower
+    wait_replicated(cluster, "guestbook:messages")
 
     assert [m.text for m in (await store.head(5))[0]] == ["older"]
     assert await store.last_generated_id() == newest.id
