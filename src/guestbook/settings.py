@@ -89,6 +89,18 @@ class Settings(BaseSettings):
     shutdown_drain: float = Field(
         0.0, ge=0.0, le=600.0, validation_alias="GUESTBOOK_SHUTDOWN_DRAIN"
     )
+    # Redis Sentinel: the sentinels' addresses and the service they watch; when set they win
+    # over every other store setting. The password, if the sentinels ask for one, is kept
+    # apart from the addresses (which are logged) as a SecretStr.
+    sentinels: tuple[tuple[str, int], ...] = Field((), validation_alias="GUESTBOOK_SENTINELS")
+    sentinel_service: str = Field(
+        "guestbook", min_length=1, max_length=200, validation_alias="GUESTBOOK_SENTINEL_SERVICE"
+    )
+    sentinel_password: SecretStr | None = Field(
+        None, validation_alias="GUESTBOOK_SENTINEL_PASSWORD"
+    )
+    # Frontend worker processes sharing the port on one machine.
+    workers: int = Field(1, ge=1, le=256, validation_alias="GUESTBOOK_WORKERS")
     # This frontend's name in /api/status, /status, logs and metrics: the pod name on Kubernetes.
     instance: str = Field(
         default_factory=socket.gethostname,
@@ -131,6 +143,13 @@ class Settings(BaseSettings):
             value = _split_urls(value)
             for url in value:
                 _check_redis_url(url)
+        return value
+
+    @field_validator("sentinels", mode="before")
+    @classmethod
+    def _sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(_host_port(part) for part in _split_urls(value))
         return value
 
     @field_validator("admin_token", mode="after")
@@ -350,6 +369,22 @@ def _check_redis_url(url: str) -> None:
     if parts.scheme != "unix" and db and not db.isdigit():
         raise ValueError(f"has a database that is not a number: {db!r}")
     del port
+
+
+def _host_port(part: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port`, or a bare host (port 26379, Sentinel's own)."""
+    host, port = part, "26379"
+    if part.startswith("["):
+        host, _, rest = part[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"has {part!r}, which is not host:port")
+            port = rest[1:]
+    elif part.count(":") == 1:
+        host, port = part.split(":")
+    if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"has {part!r}, which is not host:port")
+    return host, int(port)
 
 
 def _split_urls(value: str) -> tuple[str, ...]:
