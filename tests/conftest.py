@@ -20,6 +20,8 @@ import pytest
 import redis
 from starlette.types import Receive, Scope, Send
 
+# The browser tests' Chromium fixtures, defined once in browser.py.
+from browser import browser, new_page  # noqa: F401
 from guestbook.app import GuestbookApp, create_app
 from guestbook.embedded import server_binary
 from guestbook.settings import Settings, discover

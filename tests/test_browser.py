@@ -8,21 +8,17 @@ reason for every refusal, nothing typed ever lost), and the API docs loading cle
 from __future__ import annotations
 
 import re
-import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import (
-    Browser,
-    BrowserContext,
     Dialog,
     Page,
     Route,
     expect,
-    sync_playwright,
 )
 
 from conftest import Cluster, Frontend, MakeFrontend, wait_until
@@ -30,20 +26,6 @@ from test_pages import contrast
 
 pytestmark = pytest.mark.browser
 
-# Headless and offline: the machines that run this have no network beyond loopback, so
-# everything Chromium would fetch for itself is turned off.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-    "--no-first-run",
-]
-TIMEOUT_MS = 15_000
-expect.set_options(timeout=TIMEOUT_MS)
 
 # From the OWASP XSS Filter Evasion Cheat Sheet.
 XSS_PAYLOADS = [
@@ -68,48 +50,6 @@ XSS_PAYLOADS = [
     "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>",
     "{{7*7}} ${alert(1)} `${alert(1)}`",
 ]
-
-
-def chromium_path() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    path = chromium_path()
-    if path is None:
-        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=path, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
-    """Open a page in a fresh context (its own cookies); fails the test on any page error."""
-    contexts: list[BrowserContext] = []
-    errors: list[str] = []
-
-    def open_page(url: str, **options: Any) -> Page:
-        context = browser.new_context(**options)
-        context.set_default_timeout(TIMEOUT_MS)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
-        return page
-
-    yield open_page
-    for context in contexts:
-        context.close()
-    assert errors == [], f"the page raised: {errors}"
 
 
 def post_api(frontend: Frontend, text: str) -> dict[str, Any]:
