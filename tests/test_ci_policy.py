@@ -32,7 +32,9 @@ def test_expected_failure():
 
 
 def run_suite(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
-    shutil.copy(HERE / "conftest.py", tmp_path / "conftest.py")
+    # The conftest as it is, with the module of fixtures it imports.
+    for name in ("conftest.py", "browser.py"):
+        shutil.copy(HERE / name, tmp_path / name)
     (tmp_path / "test_tools.py").write_text(SKIPPING_TESTS)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     if ci is not None:

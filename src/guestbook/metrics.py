@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from .state import AppState
 
 
 class Metrics:
@@ -56,9 +59,61 @@ class Metrics:
         )
         self.page_cache_hit = page_cache.labels("hit")
         self.page_cache_miss = page_cache.labels("miss")
+        # Read at scrape time (`refresh`): what the alerts on readiness and the store need.
+        self.ready = Gauge(
+            "guestbook_ready",
+            "1 while this frontend can serve reads and is not stopping (as /readyz answers)",
+            registry=self.registry,
+        )
+        self.store_up = Gauge(
+            "guestbook_store_up",
+            "1 when a store server answered this frontend's scrape-time check, else 0",
+            ["role", "server"],
+            registry=self.registry,
+        )
+        self.replication_link_up = Gauge(
+            "guestbook_store_replication_link_up",
+            "1 while a reachable follower reports its link to the leader up, else 0",
+            ["server"],
+            registry=self.registry,
+        )
+        self.replication_lag = Gauge(
+            "guestbook_store_replication_lag_bytes",
+            "Bytes of the leader's replication stream a reachable follower has not applied",
+            ["server"],
+            registry=self.registry,
+        )
+        self.replication_contact = Gauge(
+            "guestbook_store_replication_last_contact_seconds",
+            "Seconds since a reachable follower last heard from its leader",
+            ["server"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         # Requests answered since start, for this frontend's own record (presence.py).
         self.served = 0
+
+    async def refresh(self, state: AppState) -> None:
+        """Scrape time: the store servers' reachability and replication, as /api/status reads
+        them, and this frontend's readiness. A server that does not answer drops its
+        replication series rather than keep a stale figure."""
+        status = await state.store.status()
+        self.store_up.clear()
+        self.store_up.labels("leader", status.leader.url).set(status.leader.reachable)
+        for gauge in (self.replication_link_up, self.replication_lag, self.replication_contact):
+            gauge.clear()
+        for follower in status.followers:
+            self.store_up.labels("follower", follower.url).set(follower.reachable)
+            if not follower.reachable:
+                continue
+            self.replication_link_up.labels(follower.url).set(follower.link == "up")
+            if follower.lag_bytes is not None:
+                self.replication_lag.labels(follower.url).set(follower.lag_bytes)
+            if follower.lag_seconds is not None:
+                self.replication_contact.labels(follower.url).set(follower.lag_seconds)
+        # The same rule as /readyz: serving from the live head counts as ready on its own.
+        readable = state.feed.live or status.readable
+        self.ready.set(readable and not state.shutting_down.is_set())
 
     def observe_store_call(self, operation: str, role: str, error: str | None) -> None:
         if error is None:

@@ -32,4 +32,5 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     state: AppState = request.state.app
     state.metrics.live_clients.set(state.feed.subscriber_count)
+    await state.metrics.refresh(state)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
