@@ -76,6 +76,8 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     replica_of: RedisServer | None = None
     process: subprocess.Popen[bytes] | None = None
+    # More server options, e.g. min-replicas-to-write for the Sentinel tests' servers.
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -99,6 +101,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.replica_of is not None:
             args += ["--replicaof", HOST, str(self.replica_of.port)]
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: self.client().ping())
         if self.replica_of is not None:

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import Cluster
 from guestbook.errors import InvalidCursor, LeaderUnavailable
-from guestbook.store import MAX_PAGE, POOL_SIZE, MessageStore
+from guestbook.store import COOL_DOWN, MAX_PAGE, POOL_SIZE, MessageStore
 
 pytestmark = pytest.mark.anyio
 
@@ -94,3 +94,45 @@ async def test_a_dead_leader_makes_appends_raise_leader_unavailable(
     cluster.leader.kill()
     with pytest.raises(LeaderUnavailable):
         await store.append("lost?")
+
+
+async def test_after_a_hung_followers_cool_down_one_read_probes_it_and_the_rest_wait(
+    cluster: Cluster,
+) -> None:
+    # One follower in this store, so the observer's role names the server of every call.
+    follower = cluster.followers[0]
+    calls: list[tuple[str, str, str | None]] = []
+    store = MessageStore(
+        cluster.leader.url,
+        [follower.url],
+        timeout=1.0,
+        observer=lambda op, role, error: calls.append((op, role, error)),
+    )
+    burst = 16
+
+    def follower_reads() -> int:
+        return sum(1 for op, role, error in calls if role == "follower" and error is None)
+
+    try:
+        await store.append("m")
+        follower.hang()
+        await store.count()  # times out on the follower, answered by the leader
+        assert follower_reads() == 1
+        await asyncio.sleep(COOL_DOWN + 0.2)
+
+        calls.clear()
+        counts = await asyncio.gather(*(store.count() for _ in range(burst)))
+        assert counts == [1] * burst
+        # One probe went to the hung follower; the other reads went to the leader meanwhile.
+        assert follower_reads() == 1
+        assert sum(1 for _, role, _ in calls if role == "leader") == burst
+
+        follower.resume()
+        await asyncio.sleep(COOL_DOWN + 0.2)
+        calls.clear()
+        await store.count()  # the probe, answered now
+        await asyncio.gather(*(store.count() for _ in range(burst)))
+        assert follower_reads() == 1 + burst
+    finally:
+        follower.resume()
+        await store.close()

@@ -42,7 +42,7 @@ from .middleware import RequestMiddleware
 from .problems import Problem, answer_error, problem_response
 from .settings import Settings, StoreAddress
 from .state import AppState
-from .store import MessageStore
+from .store import open_store
 
 log = logging.getLogger("guestbook")
 
@@ -75,21 +75,16 @@ class GuestbookApp:
 def create_app(
     settings: Settings, address: StoreAddress, instance: str | None = None
 ) -> GuestbookApp:
-    if address.leader_url is None:
+    if address.leader_url is None and address.mode != "sentinel":
         raise ValueError("create_app needs a leader URL; start the embedded store first")
-    leader_url = address.leader_url
     metrics = Metrics()
     name = instance or socket.gethostname()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        store = MessageStore(
-            leader_url,
-            address.follower_urls,
-            timeout=settings.store_timeout,
-            write_replicas=settings.write_replicas,
-            observer=metrics.observe_store_call,
-        )
+        # With sentinels, `start` asks them who leads; redis-py's Sentinel is made here, once.
+        store = open_store(settings, address, observer=metrics.observe_store_call)
+        await store.start()
         feed = Feed(store)
         state = AppState(
             settings=settings,
@@ -104,8 +99,9 @@ def create_app(
         feed.start()
         reporter = asyncio.create_task(presence.report(state), name="guestbook-presence")
         log.info(
-            "guestbook ready: %s store, leader %s, %d follower(s)",
+            "guestbook ready: %s store%s, leader %s, %d follower(s)",
             address.mode,
+            f" ({len(address.sentinels)} sentinels)" if address.sentinels else "",
             store.leader_name,
             len(store.follower_names),
         )

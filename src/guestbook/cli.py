@@ -24,7 +24,7 @@ from .errors import GuestbookError, StoreUnavailable
 from .importing import parse_import
 from .messages import MAX_PAGE, Message, clean_text, parse_id
 from .settings import LOG_LEVELS, ConfigError, Settings, StoreAddress, discover
-from .store import MessageStore
+from .store import MessageStore, open_store
 
 # flag -> environment variable it mirrors
 FLAGS: dict[str, tuple[str, str]] = {
@@ -381,15 +381,9 @@ def _with_store(settings: Settings, run: Callable[[Context], Coroutine[Any, Any,
 
 @contextlib.asynccontextmanager
 async def _context(settings: Settings, address: StoreAddress) -> AsyncIterator[Context]:
-    assert address.leader_url is not None
-    store = MessageStore(
-        address.leader_url,
-        address.follower_urls,
-        timeout=settings.store_timeout,
-        write_replicas=settings.write_replicas,
-        read_leader_first=True,
-    )
+    store = open_store(settings, address, read_leader_first=True)
     try:
+        await store.start()
         yield Context(store, settings, address.mode)
     finally:
         await store.close()
@@ -404,11 +398,17 @@ async def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
         "followers": [f.as_dict() for f in status.followers],
         "message_count": status.message_count,
         "last_id": status.last_id,
+        "sentinel": status.sentinel.as_dict() if status.sentinel else None,
     }
     if args.json:
         print(json.dumps(data, indent=2))
     else:
         print(f"store:     {mode}")
+        if status.sentinel is not None:
+            print(f"service:   {status.sentinel.service}")
+            for s in status.sentinel.sentinels:
+                names = f", names leader {s.leader}" if s.leader else ""
+                print(f"sentinel:  {s.address}  {_reach(s.reachable)}{names}")
         print(f"leader:    {status.leader.url}  {_reach(status.leader.reachable)}")
         if not status.followers:
             print("followers: none (reads go to the leader)")

@@ -17,15 +17,28 @@ async def healthz() -> Response:
     return PlainTextResponse("ok\n")
 
 
-@router.get("/readyz", summary="Readiness", response_class=PlainTextResponse)
+@router.get(
+    "/readyz",
+    summary="Readiness",
+    response_class=PlainTextResponse,
+    responses={
+        503: {
+            "description": "No store server answers, or this frontend is stopping",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def readyz(request: Request) -> Response:
-    """200 when reads can be served; 503 when no store server answers or while stopping."""
+    """200 when reads can be served; 503 when no store server answers or while stopping.
+    With sentinels, a second line says what they last named."""
     state: AppState = request.state.app
     if state.shutting_down.is_set():
         return PlainTextResponse("shutting down\n", status_code=503)
+    summary = state.store.sentinel_summary()
+    view = f"{summary}\n" if summary else ""
     if state.feed.live or await state.store.readable():
-        return PlainTextResponse("ready\n")
-    return PlainTextResponse("store unavailable\n", status_code=503)
+        return PlainTextResponse("ready\n" + view)
+    return PlainTextResponse("store unavailable\n" + view, status_code=503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     sentinel_password: SecretStr | None = Field(
         None, validation_alias="GUESTBOOK_SENTINEL_PASSWORD"
     )
+    # The leader's and followers' password when the sentinels name them (their addresses
+    # come bare from the sentinels; the URL settings carry their own).
+    redis_password: SecretStr | None = Field(None, validation_alias="GUESTBOOK_REDIS_PASSWORD")
     # Frontend worker processes sharing the port on one machine.
     workers: int = Field(1, ge=1, le=256, validation_alias="GUESTBOOK_WORKERS")
     # This frontend's name in /api/status, /status, logs and metrics: the pod name on Kubernetes.
@@ -251,20 +254,25 @@ def _bounds(field: FieldInfo | None) -> tuple[object, object]:
 
 @dataclass(frozen=True)
 class StoreAddress:
-    """Where the store lives: a leader URL and zero or more follower URLs, or the embedded one."""
+    """Where the store lives: a leader URL and zero or more follower URLs, the sentinels that
+    name them, or the embedded one."""
 
-    mode: Literal["redis", "embedded"]
+    mode: Literal["redis", "embedded", "sentinel"]
     # The store's clients need the URLs whole, passwords included; repr shows them redacted.
     leader_url: str | None = field(default=None, repr=False)
     follower_urls: tuple[str, ...] = field(default=(), repr=False)
     source: str = ""
+    # Mode "sentinel": the sentinels' addresses and the service they watch.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_service: str = ""
 
     def __repr__(self) -> str:
         leader = shown_url(self.leader_url) if self.leader_url else None
         followers = tuple(shown_url(url) for url in self.follower_urls)
+        sentinels = f", sentinels={self.sentinels!r}" if self.sentinels else ""
         return (
             f"StoreAddress(mode={self.mode!r}, leader_url={leader!r}, "
-            f"follower_urls={followers!r}, source={self.source!r})"
+            f"follower_urls={followers!r}, source={self.source!r}{sentinels})"
         )
 
 
@@ -280,7 +288,14 @@ def _resolves(host: str) -> bool:
 
 
 def discover(settings: Settings, resolves: Resolver = _resolves) -> StoreAddress:
-    """Apply the contract's precedence: explicit URL, then GET_HOSTS_FROM, then embedded."""
+    """Apply the contract's precedence: sentinels, explicit URL, GET_HOSTS_FROM, embedded."""
+    if settings.sentinels:
+        return StoreAddress(
+            "sentinel",
+            source="GUESTBOOK_SENTINELS",
+            sentinels=settings.sentinels,
+            sentinel_service=settings.sentinel_service,
+        )
     if settings.leader_url:
         return StoreAddress(
             "redis",

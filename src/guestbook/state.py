@@ -79,6 +79,8 @@ class AppState:
             "followers": [f.as_dict() for f in status.followers],
             "message_count": status.message_count,
             "last_id": status.last_id,
+            # With sentinels: each one, whether it answers and whom it names leader.
+            "sentinel": status.sentinel.as_dict() if status.sentinel else None,
             "live_clients": self.feed.subscriber_count,
             "reading_from": self.feed.source if self.feed.live else self.read_from,
             "frontends": await _or_empty(frontends(self)),

@@ -10,8 +10,17 @@ already holds, so importing the same file twice, or an export into its own guest
 
 Reads go to a follower that answered recently, then to the leader; a server that fails or
 stalls is skipped for a short cool-down, so one hung follower costs one timeout, not one per
-request. A read that must include a given id (the reader's own write) goes to the leader when
-the follower has not caught up.
+request. When the cool-down ends one read probes the server; the others wait for its answer
+before they go back, so a server still hung costs one more timeout, not one per read in flight.
+A read that must include a given id (the reader's own write) goes to the leader when the
+follower has not caught up.
+
+With Redis Sentinel (`sentinel.py`) the leader and followers are whatever the sentinels name
+now: asked at start, every second, and at once when a write fails. A `READONLY` answer (a leader
+demoted by a failover) is retried once on the leader the sentinels name then: a replica refuses
+every write before executing it, so the retry cannot store a post twice. A follower serves reads
+only once its own replication state shows the current data set: an old leader that comes back
+with its own file, or a server in a full sync, is left out until its link to the leader is up.
 
 Posting goes through one script on the leader (`submit`): in one round trip it replays the
 answer of an earlier post with the same idempotency key, applies the per-client rate limit
@@ -29,18 +38,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, TypeVar, cast
+from urllib.parse import quote
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -52,7 +68,17 @@ from .errors import (
     StoreUnavailable,
 )
 from .messages import MAX_PAGE, Message, id_key, is_id, iso_from_ms, parse_id
-from .settings import redact_url
+from .sentinel import (
+    Address,
+    Sentinels,
+    SentinelState,
+    SentinelUnavailable,
+    Topology,
+    address_text,
+)
+from .settings import Settings, StoreAddress, redact_url
+
+log = logging.getLogger("guestbook.store")
 
 PREFIX = "guestbook:"
 STREAM = PREFIX + "messages"
@@ -82,8 +108,10 @@ HOLD_REASONS = ("pre-moderation", "links", "blocked-pattern", "honeypot", "dupli
 # Who holds a post that the guestbook's own rules sent to the queue, in the audit.
 SYSTEM_ACTOR = "guestbook"
 _U64_MAX = 2**64 - 1
-# After a failure a server is left alone this long before it is tried again.
+# After a failure a server is left alone this long before one read probes it again.
 COOL_DOWN = 2.0
+# With sentinels: how often the topology is asked for while nothing fails.
+REFRESH_EVERY = 1.0
 # Connections per server and purpose (plain calls; blocking ones). Beyond that, calls queue.
 POOL_SIZE = 64
 # How long one blocking read for new messages waits before it returns empty, and how many
@@ -208,14 +236,20 @@ class Server:
     client: Redis
     # A second pool for blocking reads (XREAD BLOCK), whose socket timeout must outlast them.
     blocking: Redis
+    # 0 while healthy; after a failure, when the cool-down ends.
     down_until: float = 0.0
+    # A read is probing the server after its cool-down: the others wait for its answer.
+    probing: bool = False
+    # With sentinels: this follower's data is the current leader's (see `_trusted`).
+    trusted: bool = False
 
     @property
     def name(self) -> str:
         return redact_url(self.url)
 
     def usable(self, now: float) -> bool:
-        return now >= self.down_until
+        """Healthy, or out of its cool-down with no probe in flight (the caller may probe)."""
+        return self.down_until == 0.0 or (now >= self.down_until and not self.probing)
 
 
 @dataclass(frozen=True)
@@ -279,11 +313,22 @@ class ServerStatus:
 
 
 @dataclass(frozen=True)
+class SentinelStatus:
+    service: str
+    sentinels: list[SentinelState]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"service": self.service, "sentinels": [s.as_dict() for s in self.sentinels]}
+
+
+@dataclass(frozen=True)
 class StoreStatus:
     leader: ServerStatus
     followers: list[ServerStatus]
     message_count: int | None
     last_id: str | None
+    # With sentinels: each one, whether it answers and whom it names leader.
+    sentinel: SentinelStatus | None = None
 
     @property
     def readable(self) -> bool:
@@ -309,9 +354,14 @@ def _client(url: str, timeout: float) -> Redis:
     return Redis.from_pool(pool)
 
 
+class NotLeader(StoreUnavailable):
+    """The server written to answered READONLY: a replica now, and it stored nothing."""
+
+
 @dataclass
 class MessageStore:
-    leader_url: str
+    # None with `sentinels`: the leader is whoever they name (see `start`).
+    leader_url: str | None
     follower_urls: Sequence[str] = ()
     timeout: float = 1.0
     write_replicas: int = 0
@@ -320,32 +370,151 @@ class MessageStore:
     read_leader_first: bool = False
     # Told of every call: (operation, server role, error name or None when it starts).
     observer: Callable[[str, str, str | None], None] | None = None
-    _leader: Server = field(init=False)
+    # Redis Sentinel: who leads is asked of them (`start`, `refresh`); the servers they name
+    # are dialled with `server_password` (never shown: the URLs are redacted wherever named).
+    sentinels: Sentinels | None = None
+    server_password: str | None = field(default=None, repr=False)
+    _leader_server: Server | None = field(init=False, default=None)
     _followers: list[Server] = field(init=False)
-    _rotation: itertools.cycle[int] = field(init=False)
+    # Every server made, to close; with sentinels, each by URL, so that a server that changes
+    # role keeps its record and its connections.
+    _servers: list[Server] = field(init=False, default_factory=list)
+    _known: dict[str, Server] = field(init=False, default_factory=dict)
+    _turn: int = field(init=False, default=0)
+    _refreshing: asyncio.Task[None] | None = field(init=False, default=None)
+    _watcher: asyncio.Task[None] | None = field(init=False, default=None)
+    # With sentinels: what they last answered and when (monotonic), or why none did.
+    _topology: Topology | None = field(init=False, default=None)
+    _asked_at: float = field(init=False, default=0.0)
+    _sentinel_error: str | None = field(init=False, default=None)
     last_write_id: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self._leader = self._server(self.leader_url, "leader")
+        if self.leader_url is not None:
+            self._leader_server = self._server(self.leader_url, "leader")
+        elif self.sentinels is None:
+            raise ValueError("a MessageStore needs a leader URL or sentinels")
         self._followers = [self._server(url, "follower") for url in self.follower_urls]
-        self._rotation = itertools.cycle(range(max(1, len(self._followers))))
 
     def _server(self, url: str, role: str) -> Server:
         blocking = _client(url, self.timeout + BLOCK_MS / 1000)
-        return Server(url, role, _client(url, self.timeout), blocking)
+        server = Server(url, role, _client(url, self.timeout), blocking)
+        self._servers.append(server)
+        return server
+
+    def _named(self, url: str, role: str) -> Server:
+        """The one record of a server the sentinels name, in the role they give it now."""
+        server = self._known.get(url)
+        if server is None:
+            server = self._known[url] = self._server(url, role)
+        server.role = role
+        return server
+
+    async def start(self) -> None:
+        """With sentinels: ask them who leads (a store nobody names yet answers 503 until they
+        do), then keep asking in the background. Without: nothing to do."""
+        if self.sentinels is None:
+            return
+        await self.refresh()
+        self._watcher = asyncio.create_task(self._follow_sentinels(), name="guestbook-sentinels")
 
     async def close(self) -> None:
-        for server in (self._leader, *self._followers):
+        for task in (self._watcher, self._refreshing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for server in self._servers:
             await server.client.aclose()
             await server.blocking.aclose()
+        if self.sentinels is not None:
+            await self.sentinels.close()
 
     @property
     def leader_name(self) -> str:
-        return self._leader.name
+        leader = self._leader_server
+        return leader.name if leader is not None else "none (the sentinels name no leader yet)"
 
     @property
     def follower_names(self) -> list[str]:
         return [f.name for f in self._followers]
+
+    def _the_leader(self) -> Server:
+        if self._leader_server is None:
+            raise StoreUnavailable("no leader is known: no sentinel has named one yet")
+        return self._leader_server
+
+    # --- following the sentinels --------------------------------------------------------------
+
+    async def _follow_sentinels(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_EVERY)
+            try:
+                await self.refresh()
+            except Exception:
+                # A surprise in an answer must not end the following for good.
+                log.exception("asking the sentinels failed; asking again in a second")
+
+    async def refresh(self) -> None:
+        """Ask the sentinels now. Callers at the same moment share one question; a caller
+        that is cancelled does not cancel it for the others."""
+        if self.sentinels is None:
+            return
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh_once())
+        await asyncio.shield(self._refreshing)
+
+    def _refresh_soon(self) -> None:
+        if self.sentinels is not None and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self._refresh_once())
+
+    async def _refresh_once(self) -> None:
+        assert self.sentinels is not None
+        try:
+            topology = await self.sentinels.ask()
+        except SentinelUnavailable as exc:
+            # Keep what was known: a leader that still answers beats none.
+            log.warning("%s; keeping the last topology", exc)
+            self._sentinel_error = str(exc)
+            return
+        self._topology, self._asked_at, self._sentinel_error = topology, time.monotonic(), None
+        leader = self._named(self._url_at(topology.leader), "leader")
+        # A leader's data is the truth; should it be demoted, it follows like any other.
+        leader.trusted = False
+        candidates = [
+            self._named(self._url_at(a), "follower")
+            for a in topology.followers
+            if a != topology.leader
+        ]
+        infos = await asyncio.gather(*(self._info(s) for s in candidates))
+        followers = [s for s, info in zip(candidates, infos, strict=True) if _trusted(s, info)]
+        previous = self._leader_server
+        if previous is None:
+            log.info("the sentinels name the leader: %s", leader.name)
+        elif previous is not leader:
+            log.warning("the sentinels name a new leader: %s (was %s)", leader.name, previous.name)
+        self._leader_server = leader
+        self._followers = followers
+
+    def sentinel_summary(self) -> str | None:
+        """One line on what the sentinels last said (for readiness), None without sentinels.
+        Addresses only: the sentinels never hand out a password."""
+        if self.sentinels is None:
+            return None
+        if self._topology is None:
+            return f"sentinels: none has named a leader yet ({self._sentinel_error})"
+        ago = time.monotonic() - self._asked_at
+        line = (
+            f"sentinels: leader {address_text(self._topology.leader)}, "
+            f"{len(self._followers)} follower(s) serving reads, "
+            f"named by {address_text(self._topology.sentinel)} {ago:.1f} s ago"
+        )
+        return line + (f"; since then: {self._sentinel_error}" if self._sentinel_error else "")
+
+    def _url_at(self, address: Address) -> str:
+        # Quoted: a password may hold any character, `@` and `/` included.
+        auth = f":{quote(self.server_password, safe='')}@" if self.server_password else ""
+        return f"redis://{auth}{address_text(address)}/0"
 
     # --- calls with a deadline -------------------------------------------------------------
 
@@ -359,6 +528,24 @@ class MessageStore:
         """Run `op` on `server` within the timeout; record and raise `StoreUnavailable`."""
         if self.observer is not None:
             self.observer(name, server.role, None)
+        # Out of its cool-down (or called directly, as writes are): this call is the probe,
+        # and lets the others go back when it ends, however it ends (cancelled, too).
+        probe = server.down_until != 0.0 and not server.probing
+        if probe:
+            server.probing = True
+        try:
+            return await self._timed_call(server, op, name, extra)
+        finally:
+            if probe:
+                server.probing = False
+
+    async def _timed_call(
+        self,
+        server: Server,
+        op: Callable[[Redis], Awaitable[T]],
+        name: str,
+        extra: float,
+    ) -> T:
         try:
             async with asyncio.timeout(self.timeout + extra):
                 result = await op(server.blocking if extra else server.client)
@@ -369,7 +556,13 @@ class MessageStore:
                 # stay a cancellation, or the caller would retry instead of stopping.
                 raise asyncio.CancelledError from exc
             self._mark_down(server, name, type(exc).__name__)
-            raise StoreUnavailable(f"{server.role} {server.name} did not answer") from exc
+            # A refused password is no network fault: say so, or an operator hunts for one.
+            why = (
+                "refused the credentials (wrong password or user)"
+                if isinstance(exc, AuthenticationError)
+                else "did not answer"
+            )
+            raise StoreUnavailable(f"{server.role} {server.name} {why}") from exc
         except ResponseError as exc:
             # A server that cannot serve this now: LOADING (restarted, reading its file),
             # MASTERDOWN (a follower cut from its leader), READONLY (a leader demoted by hand
@@ -378,7 +571,8 @@ class MessageStore:
             transient = _transient_error(exc)
             if transient is not None:
                 self._mark_down(server, name, transient)
-                raise StoreUnavailable(f"{server.role} {server.name} cannot serve yet") from exc
+                unavailable = NotLeader if transient == "READONLY" else StoreUnavailable
+                raise unavailable(f"{server.role} {server.name} cannot serve yet") from exc
             if self.observer is not None:
                 self.observer(name, server.role, "ResponseError")
             raise
@@ -392,33 +586,62 @@ class MessageStore:
             self.observer(name, server.role, error)
 
     async def _write(self, op: Callable[[Redis], Awaitable[T]], name: str, extra: float = 0.0) -> T:
-        """Run a write on the leader; a leader that cannot take it is `LeaderUnavailable`."""
+        """Run a write on the leader; a leader that cannot take it is `LeaderUnavailable`.
+
+        With sentinels, a failed write asks them again at once, and a READONLY one (a demoted
+        leader, which refused the write before running it) is retried on the new leader."""
         try:
-            return await self._call(self._leader, op, name, extra)
+            leader = self._the_leader()
+            return await self._call(leader, op, name, extra)
+        except NotLeader as exc:
+            if self.sentinels is not None:
+                with contextlib.suppress(Exception):  # logged by the background follower
+                    await self.refresh()
+                now = self._leader_server
+                if now is not None and now is not leader:
+                    try:
+                        return await self._call(now, op, name, extra)
+                    except StoreUnavailable as again:
+                        self._refresh_soon()
+                        raise LeaderUnavailable("the new leader cannot take writes yet") from again
+            raise LeaderUnavailable("the leader cannot take writes right now") from exc
         except StoreUnavailable as exc:
+            self._refresh_soon()
             raise LeaderUnavailable("the leader cannot take writes right now") from exc
 
-    def _readers(self) -> list[Server]:
-        """Followers that answered recently (rotating), then the leader, then the rest; with
-        `read_leader_first`, the leader before them all."""
+    def _readers(self) -> tuple[list[Server], list[Server]]:
+        """Followers that answered recently (rotating), then the leader; with
+        `read_leader_first`, the leader before them all. Second, the servers in cool-down (or
+        being probed), tried only when none of the first could answer."""
         now = time.monotonic()
-        order: list[Server] = [self._leader] if self.read_leader_first else []
-        if self._followers:
-            start = next(self._rotation) % len(self._followers)
-            rotated = self._followers[start:] + self._followers[:start]
-            order.extend(f for f in rotated if f.usable(now))
+        leader = [self._leader_server] if self._leader_server is not None else []
+        followers = self._followers
+        order: list[Server] = list(leader) if self.read_leader_first else []
+        if followers:
+            self._turn += 1
+            start = self._turn % len(followers)
+            order.extend(f for f in followers[start:] + followers[:start] if f.usable(now))
         if not self.read_leader_first:
-            order.append(self._leader)
-        # Servers in cool-down are still tried last: better a slow answer than none.
-        order.extend(f for f in self._followers if not f.usable(now))
-        return order
+            order.extend(leader)
+        return order, [f for f in followers if not f.usable(now)]
 
     async def _read(
         self, op: Callable[[Redis], Awaitable[T]], name: str, extra: float = 0.0
     ) -> tuple[T, Server]:
         """Run `op` on the first reader that answers (see `_readers`)."""
         last: StoreUnavailable | None = None
-        for server in self._readers():
+        first, rest = self._readers()
+        for server in first:
+            if not server.usable(time.monotonic()):
+                # Failed, or taken for a probe by another read, since the order was made.
+                rest.append(server)
+                continue
+            try:
+                return await self._call(server, op, name, extra), server
+            except StoreUnavailable as exc:
+                last = exc
+        # Better a slow answer than none.
+        for server in rest:
             try:
                 return await self._call(server, op, name, extra), server
             except StoreUnavailable as exc:
@@ -445,7 +668,7 @@ class MessageStore:
         """Run a read on the leader, which has every acknowledged write, or on the usual
         readers when it cannot answer: for rare reads that must show what was just done."""
         try:
-            return await self._call(self._leader, op, name)
+            return await self._call(self._the_leader(), op, name)
         except StoreUnavailable:
             result, _ = await self._read(op, name)
             return result
@@ -646,12 +869,12 @@ class MessageStore:
         (entries, head), server = await self._read(fetch, "page")
         if (
             wanted is not None
-            and server is not self._leader
+            and server is not self._leader_server
             and (head is None or id_key(head) < id_key(wanted))
         ):
             try:
-                entries, head = await self._call(self._leader, fetch, "page")
-                server = self._leader
+                server = self._the_leader()
+                entries, head = await self._call(server, fetch, "page")
             except StoreUnavailable:
                 pass  # the follower's slightly older page beats no page
         more = len(entries) > limit
@@ -785,7 +1008,7 @@ class MessageStore:
         wanted = self.must_show(None)
         if wanted is not None and (not entries or id_key(entries[0][0]) < id_key(wanted)):
             with contextlib.suppress(StoreUnavailable):
-                entries = await self._call(self._leader, fetch, "legacy_get")
+                entries = await self._call(self._the_leader(), fetch, "legacy_get")
         return [_message(entry) for entry in reversed(entries)]
 
     async def iter_all(self, batch: int = 500) -> Iterable[Message]:
@@ -799,7 +1022,7 @@ class MessageStore:
         while True:
             fetch = partial(_xrange, low=low, count=batch)
             try:
-                entries = await self._call(self._leader, fetch, "export")
+                entries = await self._call(self._the_leader(), fetch, "export")
             except StoreUnavailable:
                 entries, _ = await self._read(fetch, "export")
             out.extend(_message(entry) for entry in entries)
@@ -821,12 +1044,17 @@ class MessageStore:
 
     async def status(self) -> StoreStatus:
         """Reachability, replication link and lag of every server, and the message count."""
-        leader_info = await self._info(self._leader)
+        leader_server, follower_servers = self._leader_server, list(self._followers)
+        sentinel = None
+        if self.sentinels is not None:
+            states = await self.sentinels.states()
+            sentinel = SentinelStatus(self.sentinels.service, states)
+        leader_info = await self._info(leader_server) if leader_server is not None else None
         leader_offset = _int_or_none(leader_info, "master_repl_offset") if leader_info else None
-        leader = ServerStatus(self._leader.name, leader_info is not None)
-        infos = await asyncio.gather(*(self._info(f) for f in self._followers))
+        leader = ServerStatus(self.leader_name, leader_info is not None)
+        infos = await asyncio.gather(*(self._info(f) for f in follower_servers))
         followers = []
-        for server, info in zip(self._followers, infos, strict=True):
+        for server, info in zip(follower_servers, infos, strict=True):
             if info is None:
                 followers.append(ServerStatus(server.name, False))
                 continue
@@ -854,7 +1082,7 @@ class MessageStore:
             last_id = head[0][0] if head else None
         except StoreUnavailable:
             count, last_id = None, None
-        return StoreStatus(leader, followers, count, last_id)
+        return StoreStatus(leader, followers, count, last_id, sentinel)
 
     async def _info(self, server: Server) -> dict[str, Any] | None:
         try:
@@ -863,14 +1091,69 @@ class MessageStore:
             return None
 
 
+def open_store(
+    settings: Settings,
+    address: StoreAddress,
+    *,
+    read_leader_first: bool = False,
+    observer: Callable[[str, str, str | None], None] | None = None,
+) -> MessageStore:
+    """The store `address` names, configured by `settings`; call `start` before use. With
+    sentinels it makes the one `Sentinels` of the process, closed with the store."""
+    sentinels = None
+    if address.mode == "sentinel":
+        password = settings.sentinel_password
+        sentinels = Sentinels(
+            address.sentinels,
+            address.sentinel_service,
+            timeout=settings.store_timeout,
+            password=password.get_secret_value() if password else None,
+        )
+    elif address.leader_url is None:
+        raise ValueError("the store needs a leader URL; start the embedded store first")
+    server_password = settings.redis_password
+    return MessageStore(
+        None if sentinels is not None else address.leader_url,
+        () if sentinels is not None else address.follower_urls,
+        timeout=settings.store_timeout,
+        write_replicas=settings.write_replicas,
+        read_leader_first=read_leader_first,
+        observer=observer,
+        sentinels=sentinels,
+        server_password=server_password.get_secret_value() if server_password else None,
+    )
+
+
+def _trusted(server: Server, info: dict[str, Any] | None) -> bool:
+    """Whether a follower the sentinels name may serve reads, from its own INFO replication.
+
+    It earns trust with its link to the leader up, so a server back from a restart (an old
+    leader with its own file, a follower with none) or in a full sync serves nothing until it
+    holds the leader's data. A trusted follower keeps serving while its link is merely down (a
+    dead leader, a failover under way): what it holds is an older part of the same history."""
+    syncing = info is not None and str(info.get("master_sync_in_progress")) != "0"
+    if info is None or info.get("role") != "slave" or syncing:
+        server.trusted = False
+    elif info.get("master_link_status") == "up":
+        server.trusted = True
+    return server.trusted
+
+
 def _transient_error(exc: ResponseError) -> str | None:
     """The error code of a server state that passes (see `_call`), else None."""
     if isinstance(exc, ReadOnlyError):
         return "READONLY"
     if isinstance(exc, BusyLoadingError):
         return "LOADING"
-    code = str(exc).split(" ", 1)[0]
-    return code if code in ("LOADING", "MASTERDOWN", "READONLY") else None
+    message = str(exc)
+    # In a pipeline (a write and its WAIT) redis-py puts the command before the server's
+    # error and quotes the error's own arguments: the code follows the quote.
+    _, annotated, original = message.rpartition("of pipeline caused error: ")
+    if annotated:
+        message = original.lstrip("(\"'")
+    code = message.split(" ", 1)[0]
+    # NOREPLICAS: a leader with no follower in step refuses writes (min-replicas-to-write).
+    return code if code in ("LOADING", "MASTERDOWN", "READONLY", "NOREPLICAS") else None
 
 
 async def _xrevrange(client: Redis, high: str, count: int) -> list[Entry]:
