@@ -171,6 +171,12 @@ async def drive(args: argparse.Namespace, port: int, server_pid: int) -> dict[st
             "p50": round(pct(from_ack, 0.5), 1),
             "p99": round(pct(from_ack, 0.99), 1),
         },
+        # The distribution, for a plot: 200 quantiles of the latency from the 201.
+        "from_ack_quantiles_ms": (
+            [round(v, 2) for v in statistics.quantiles(from_ack, n=200)]
+            if len(from_ack) > 1
+            else []
+        ),
         "rss_mb": {
             "idle": round(idle_rss, 1),
             "clients_connected": round(connected_rss, 1),

@@ -269,7 +269,9 @@ def test_openapi_document_describes_the_api(gb: httpx.Client) -> None:
     post_op = paths["/api/messages"]["post"]
     assert "201" in post_op["responses"]
     assert "422" in post_op["responses"]
-    assert post_op["requestBody"]["content"]["application/json"]["schema"]["properties"]["text"]
+    body = post_op["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/NewMessage"}
+    assert doc["components"]["schemas"]["NewMessage"]["properties"]["text"]
     docs = gb.get("/docs")
     assert docs.status_code == 200
     assert "/docs-assets/swagger-ui-bundle.js" in docs.text

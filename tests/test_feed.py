@@ -51,7 +51,8 @@ async def store(cluster: Cluster, calls: Calls) -> AsyncIterator[MessageStore]:
 
 @pytest.fixture
 async def feed(store: MessageStore) -> AsyncIterator[Feed]:
-    feed = Feed(store)
+    # The smallest window, so that a few hundred messages overflow it.
+    feed = Feed(store, keep=KEEP)
     feed.start()
     yield feed
     await feed.stop()

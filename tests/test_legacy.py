@@ -1,11 +1,19 @@
-"""The original PHP frontend's API, byte for byte."""
+"""The original PHP frontend's API, byte for byte; its `get` answered from the feed's memory,
+equal to what the store holds."""
 
 from __future__ import annotations
+
+import asyncio
+import json
 
 import httpx
 import pytest
 
-from conftest import Cluster, MakeFrontend
+from conftest import Cluster, MakeFrontend, app_in_process
+from guestbook import moderation
+from guestbook.reads import LEGACY_LIMIT, legacy_list
+from guestbook.state import AppState
+from guestbook.store import MessageStore
 
 
 @pytest.mark.parametrize("path", ["/guestbook.php", "/guestbook"])
@@ -74,3 +82,61 @@ def test_legacy_set_round_trips_tricky_text(gb: httpx.Client, token: str, text: 
     assert response.json() == {"message": "Updated"}
     assert gb.get("/guestbook.php", params={"cmd": "get"}).json()["data"].endswith(full)
     assert gb.get("/api/messages").json()["messages"][0]["text"] == full
+
+
+def _stored_answer(cluster: Cluster) -> bytes:
+    """What `get` must answer: the newest LEGACY_LIMIT texts on the leader, oldest first."""
+    entries = cluster.leader.client().xrevrange("guestbook:messages", count=LEGACY_LIMIT)
+    texts = [fields["t"] for _, fields in reversed(entries)]
+    return json.dumps({"data": ",".join(texts)}).encode()
+
+
+async def _caught_up(cluster: Cluster, state: AppState, newest: str, removed: list[str]) -> None:
+    await asyncio.to_thread(lambda: [f.wait_synced() for f in cluster.followers])
+    deadline = asyncio.get_running_loop().time() + 20
+    while not (
+        state.feed.live
+        and state.feed.head_id == newest
+        and all(state.feed.is_removed(i) for i in removed)
+    ):
+        assert asyncio.get_running_loop().time() < deadline, "the feed did not catch up"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_get_from_memory_equals_the_store_after_posts_and_removals(cluster: Cluster) -> None:
+    pipe = cluster.leader.client().pipeline(transaction=False)
+    for i in range(LEGACY_LIMIT + 150):
+        pipe.xadd("guestbook:messages", {"t": f"old {i}"})
+    ids = [str(i) for i in pipe.execute()]
+    env = {
+        "GUESTBOOK_REDIS_LEADER_URL": cluster.leader.url,
+        "GUESTBOOK_REDIS_FOLLOWER_URL": cluster.follower_urls(),
+        "GUESTBOOK_RATE_LIMIT": "0",
+    }
+    async with app_in_process(env) as (app, client):
+        state: AppState = app.state.guestbook
+        await _caught_up(cluster, state, ids[-1], [])
+        first = await legacy_list(state)
+        # Built once per change of the feed: the same bytes for every reader until then.
+        assert await legacy_list(state) is first
+        assert (await client.get("/guestbook.php", params={"cmd": "get"})).content == first
+        assert first == _stored_answer(cluster)
+
+        truth = MessageStore(cluster.leader.url, (), timeout=5)
+        try:
+            removed = [ids[-1], ids[-500], ids[-LEGACY_LIMIT]]
+            for message_id in removed:
+                assert await moderation.remove(truth, message_id, by="tests") is not None
+        finally:
+            await truth.close()
+        answer = await client.get("/guestbook.php", params={"cmd": "set", "value": "a,new one"})
+        assert answer.json() == {"message": "Updated"}
+        newest = cluster.leader.client().xrevrange("guestbook:messages", count=1)[0][0]
+        await _caught_up(cluster, state, newest, removed)
+
+        after = await legacy_list(state)
+        assert after is not first
+        assert after == _stored_answer(cluster)
+        assert after.endswith(b',new one"}')
+        assert (await client.get("/guestbook", params={"cmd": "get"})).content == after

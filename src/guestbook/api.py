@@ -3,62 +3,124 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+import unicodedata
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from .bodies import read_json_body
 from .errors import Refused
 from .messages import DEFAULT_PAGE, ID_PATTERN, MAX_PAGE
-from .posting import idempotency_key, post, remember_held
+from .posting import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_IDEMPOTENCY_KEY,
+    idempotency_key,
+    post,
+    remember_held,
+)
+from .problems import documented_problems
 from .reads import api_page, page_query, remember_write, wrote_cookie
 from .state import AppState
 
 router = APIRouter(prefix="/api", tags=["messages"])
 
 JSON = "application/json"
+NEW_MESSAGE_REF = "#/components/schemas/NewMessage"
 
 
-class MessageIn(BaseModel):
-    """A new message. Leading and trailing white space is trimmed."""
+def _char_class(chars: list[str]) -> str:
+    """`chars` as regex class ranges, spelled with escapes that ECMA-262, Python and Rust
+    regexes all read (`\\xHH`, `\\uHHHH`)."""
+    points = sorted({ord(c) for c in chars})
+    ranges: list[tuple[int, int]] = []
+    for point in points:
+        if ranges and ranges[-1][1] == point - 1:
+            ranges[-1] = (ranges[-1][0], point)
+        else:
+            ranges.append((point, point))
 
-    model_config = ConfigDict(extra="forbid")
-    text: str = Field(
-        min_length=1,
-        pattern=r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
-        description="The message; at most GUESTBOOK_MAX_MESSAGE_CHARS characters (500) after "
-        "trimming, no control characters other than newline and tab.",
-    )
-    website: str | None = Field(
-        None,
-        description="Leave out or empty. The page's hidden honeypot field: people never fill it "
-        "in, bots do, and such a post is held for a moderator.",
-    )
+    def esc(point: int) -> str:
+        return f"\\x{point:02x}" if point < 0x100 else f"\\u{point:04x}"
+
+    return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
+
+
+def _text_pattern() -> str:
+    """The texts `messages.clean_text` accepts, whatever their length, as one regex: white space
+    at either end (what `str.strip` removes), then a text that starts and ends with a visible
+    character, with no control character inside but newline, tab, and CR LF (which becomes a
+    newline). Derived from the same definitions of white space and control characters that
+    `clean_text` uses (`str.isspace`, category Cc), so the two cannot drift apart; a test
+    compares them on generated text."""
+    space = [chr(c) for c in range(0x3001) if chr(c).isspace()]  # U+3000 is the last
+    control = [chr(c) for c in range(0x100) if unicodedata.category(chr(c)) == "Cc"]
+    forbidden = _char_class([c for c in control if c not in "\n\t"])
+    invisible = _char_class([*control, *space])
+    inner = f"(?:[^{forbidden}]|\\r\\n)"
+    visible = f"[^{invisible}]"
+    edge = f"[{_char_class(space)}]*"
+    return f"^{edge}{visible}(?:{inner}*{visible})?{edge}$"
+
+
+TEXT_PATTERN = _text_pattern()
+
+
+def new_message_schema(max_chars: int) -> dict[str, Any]:
+    """The body of `POST /api/messages`, carrying this app's limit (GUESTBOOK_MAX_MESSAGE_CHARS)."""
+    return {
+        "title": "NewMessage",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["text"],
+        "properties": {
+            "text": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": max_chars,
+                "pattern": TEXT_PATTERN,
+                "description": f"The message: at most {max_chars} characters once white space "
+                "at either end is trimmed and CR LF has become LF (which is how it is "
+                "stored); no control characters other than newline and tab, and not only "
+                "white space.",
+            },
+            "website": {
+                "type": ["string", "null"],
+                "description": "Leave out or empty. The page's hidden honeypot field: people "
+                "never fill it in, bots do, and such a post is held for a moderator.",
+            },
+        },
+    }
+
+
+# `messages.iso_from_ms`'s shape.
+CREATED_AT_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
 
 
 class MessageOut(BaseModel):
-    id: str = Field(description="Stream id: unique and time-ordered, e.g. 1764156357123-0")
-    text: str
-    created_at: str = Field(description="UTC, e.g. 2026-11-26T11:25:57.123Z")
+    id: str = Field(
+        pattern=ID_PATTERN,
+        description="Stream id: unique and time-ordered, e.g. 1764156357123-0",
+    )
+    text: str = Field(description="As stored: trimmed, CR LF as LF; always escape it to show it")
+    created_at: str = Field(
+        pattern=CREATED_AT_PATTERN, description="UTC, e.g. 2026-11-26T11:25:57.123Z"
+    )
 
 
 class HeldOut(MessageOut):
-    id: str = Field(description="The held post's id, which approve and reject take")
-    status: str = Field(description='"held": waiting for a moderator; shown only to its poster')
+    id: str = Field(
+        pattern=ID_PATTERN, description="The held post's id, which approve and reject take"
+    )
+    status: Literal["held"] = Field(
+        description='"held": waiting for a moderator; shown only to its poster'
+    )
 
 
 class MessagePage(BaseModel):
     messages: list[MessageOut]
     next: str | None = Field(description="Pass as `before` for the next (older) page")
-
-
-class Problem(BaseModel):
-    type: str
-    title: str
-    status: int
-    detail: str
 
 
 class ServerInfo(BaseModel):
@@ -84,6 +146,9 @@ class Status(BaseModel):
     followers: list[ServerInfo]
     message_count: int | None
     last_id: str | None
+    sentinel: dict[str, Any] | None = Field(
+        None, description="With Redis Sentinel: each sentinel, whether it answers, whom it names"
+    )
     live_clients: int
     reading_from: str
     frontends: list[Frontend] = Field(
@@ -92,15 +157,16 @@ class Status(BaseModel):
     )
 
 
-def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Problem, "content": {"application/problem+json": {}}} for code in codes}
-
-
 @router.get(
     "/messages",
     summary="List messages, newest first",
     response_model=MessagePage,
-    responses=_problems(400, 503),
+    responses=documented_problems(
+        {
+            400: "`limit` or `before` is malformed or out of range",
+            503: "No store server can answer",
+        }
+    ),
 )
 async def list_messages(
     request: Request,
@@ -140,14 +206,39 @@ async def fast_messages(request: Request, state: AppState) -> Response | None:
     status_code=201,
     response_model=MessageOut,
     responses={
+        201: {"description": "Stored and shown to everyone"},
         202: {"model": HeldOut, "description": "Held for a moderator (pre-moderation or spam)"},
-        **_problems(400, 413, 415, 422, 429, 503),
+        **documented_problems(
+            {
+                400: "The body is not JSON, or the Idempotency-Key is malformed",
+                413: "The body is over 16 KiB",
+                415: "The body is not `application/json`",
+                422: "The body is not a message: not an object, an unknown field, no `text`, "
+                "or a text that is empty, too long or has forbidden characters; or the "
+                "Idempotency-Key was first used for another text",
+                429: "Too many posts from this client in the last minute",
+                503: "The message could not be stored, or it was stored but not confirmed as "
+                "copied to enough followers in time (the detail says which)",
+            }
+        ),
     },
     openapi_extra={
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "A token the client makes up for one submission (1 to "
+                f"{MAX_IDEMPOTENCY_KEY} printable ASCII characters, bare or in double quotes): "
+                "a retry with the same key and text within 24 h answers the message stored "
+                "the first time and stores nothing new.",
+                "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+            }
+        ],
         "requestBody": {
             "required": True,
-            "content": {JSON: {"schema": MessageIn.model_json_schema()}},
-        }
+            "content": {JSON: {"schema": {"$ref": NEW_MESSAGE_REF}}},
+        },
     },
 )
 async def post_message(request: Request) -> Response:
@@ -181,7 +272,12 @@ async def post_message(request: Request) -> Response:
     return response
 
 
-@router.get("/status", summary="This instance and its store", response_model=Status)
+@router.get(
+    "/status",
+    summary="This instance and its store",
+    response_model=Status,
+    responses={200: {"description": "Also while store servers are down: they show as unreachable"}},
+)
 async def status(request: Request) -> Response:
     """Which instance answered, the store mode, each server's reachability and lag, the count.
 

@@ -141,6 +141,7 @@ def create_app(
     if swagger is not None:
         app.mount("/docs-assets", swagger, "docs-assets")
     _install_error_handlers(app)
+    docs.serve_document(app, settings)
     return GuestbookApp(app, metrics)
 
 

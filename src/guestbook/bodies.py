@@ -1,9 +1,19 @@
-"""Request bodies, read within bounds: at most 16 KiB, of the declared type, valid UTF-8 and
-JSON or form encoding; anything else is `Refused` before a byte reaches the store."""
+"""Request bodies, read within bounds: at most 16 KiB, within 10 s, of the declared type, valid
+UTF-8 and JSON or form encoding; anything else is `Refused` before a byte reaches the store.
+
+A body that is being read holds a request in this process (about 22 KB), and granian has no
+deadline for bodies: without one, requests that promise 10,000 bytes and send 10 stayed for
+good. So a body must arrive whole within `BODY_TIMEOUT` (408 otherwise), and at most
+`MAX_READERS` bodies are read at once (503 beyond, at once): the most this costs is bounded,
+and a request without a body (every read, every probe) is never among those waiting.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -12,10 +22,28 @@ from starlette.requests import Request
 from .errors import Refused
 
 MAX_BODY = 16 * 1024
+# 16 KiB in 10 s is 1.6 KB/s: any client that means to send its body does.
+BODY_TIMEOUT = 10.0
+MAX_READERS = 1024
+
+_reading = 0
+
+
+@contextmanager
+def _reader() -> Iterator[None]:
+    """One of the `MAX_READERS` bodies read at once in this process, or 503 at once."""
+    global _reading
+    if _reading >= MAX_READERS:
+        raise Refused(503, "Too many bodies are on their way; try again.", {"Retry-After": "1"})
+    _reading += 1
+    try:
+        yield
+    finally:
+        _reading -= 1
 
 
 async def read_body(request: Request) -> bytes:
-    """The body, refusing more than 16 KiB before reading it all."""
+    """The body, refusing more than 16 KiB before reading it all, or one that is too slow."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -24,11 +52,20 @@ async def read_body(request: Request) -> bytes:
             raise Refused(413, f"The body is over {MAX_BODY // 1024} KiB.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise Refused(413, f"The body is over {MAX_BODY // 1024} KiB.")
-        chunks.append(chunk)
+    with _reader():
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        raise Refused(413, f"The body is over {MAX_BODY // 1024} KiB.")
+                    chunks.append(chunk)
+        except TimeoutError:
+            # The rest of the body is never read, so the connection cannot carry another
+            # request: granian closes it after this answer.
+            raise Refused(
+                408, f"The body did not arrive within {BODY_TIMEOUT:g} s.", {"Connection": "close"}
+            ) from None
     return b"".join(chunks)
 
 

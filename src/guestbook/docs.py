@@ -1,16 +1,29 @@
-"""`/docs`: Swagger UI over `/openapi.json`, with its assets served from this app (no CDN) and
-started by a script file rather than an inline script, so the strict CSP holds."""
+"""`/openapi.json` and `/docs`: the OpenAPI document, built from the routes with this app's
+settings, and Swagger UI over it, with its assets served from this app (no CDN) and started by
+a script file rather than an inline script, so the strict CSP holds.
+
+The document must tell the truth: what it allows is what the server accepts, and every answer
+the server gives is documented with its real shape. Routes declare their own answers; this
+module adds only what no single route owns (the shared schemas, the limits that come from the
+settings) and removes what the framework claims on its own that this app never answers.
+"""
 
 from __future__ import annotations
 
 import functools
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.responses import HTMLResponse, Response
 
+from .api import new_message_schema
 from .assets import STATIC, Assets
+from .moderation_api import BEARER_SCHEME
+from .problems import LEGACY_ERROR_SCHEMA, PROBLEM_SCHEMA
+from .settings import Settings
 
 router = APIRouter(include_in_schema=False)
 
@@ -54,3 +67,63 @@ def _page() -> str:
 @router.get("/docs")
 async def docs() -> Response:
     return HTMLResponse(_page())
+
+
+# FastAPI documents a 422 `HTTPValidationError` for every route with parameters; this app's
+# validation handler answers 400 problem+json instead (see `app._install_error_handlers`).
+_FRAMEWORK_422 = "#/components/schemas/HTTPValidationError"
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional parameter's schema without the `null` that `str | None` gives it: on the
+    wire a parameter is a string or absent, and "null" is just a string (that the rules of the
+    parameter refuse)."""
+    options = schema.get("anyOf")
+    if not isinstance(options, list):
+        return schema
+    kept = [option for option in options if option != {"type": "null"}]
+    if len(kept) != 1 or len(kept) == len(options):
+        return schema
+    rest = {key: value for key, value in schema.items() if key != "anyOf"}
+    return {**kept[0], **rest}
+
+
+def openapi_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """The document `/openapi.json` serves, for `app` as configured by `settings`."""
+    document = get_openapi(
+        title=app.title,
+        version=app.version,
+        openapi_version=app.openapi_version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+        separate_input_output_schemas=app.separate_input_output_schemas,
+    )
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", ()):
+                parameter["schema"] = _not_null(parameter["schema"])
+            responses = operation["responses"]
+            framework = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if framework.get("schema", {}).get("$ref") == _FRAMEWORK_422:
+                del responses["422"]
+    components = document.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas["Problem"] = PROBLEM_SCHEMA
+    schemas["LegacyError"] = LEGACY_ERROR_SCHEMA
+    schemas["NewMessage"] = new_message_schema(settings.max_message_chars)
+    components.setdefault("securitySchemes", {}).update(BEARER_SCHEME)
+    return document
+
+
+def serve_document(app: FastAPI, settings: Settings) -> None:
+    """Make `app` serve `openapi_document` (built once, on the first request for it)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_document(app, settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,10 +1,11 @@
 """The frontend's one reader of new messages and removals.
 
 A single background task per process follows the stream on a follower (the leader when none
-answers) with blocking reads, keeps the newest messages in memory and tells subscribers about
-each new one. The first page, the most-read thing in the guestbook, is then served from memory,
-so its cost does not depend on how many messages exist or how many clients ask; live clients
-share this one reader instead of holding a store connection each.
+answers) with blocking reads, keeps the newest messages in memory (a window of WINDOW of them)
+and tells subscribers about each new one. The first page, the most-read thing in the guestbook,
+and every older page within the window, are then served from memory, so their cost does not
+depend on how many messages exist or how many clients ask; live clients share this one reader
+instead of holding a store connection each. A page beyond the window is one store read.
 
 The same blocking read follows the removal records (`MessageStore.watch_changes`): a removed
 message leaves the memory (which tops itself up from the store with one read when that leaves
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 
@@ -38,8 +40,12 @@ log = logging.getLogger("guestbook.feed")
 # the removals on first: a message never comes with its own removal, and a client resuming
 # after a message must already have had every removal recorded before it (see `removed_since`).
 Subscriber = Callable[[list[Message], list[str]], None]
-# One more than the largest page, so a full page knows whether older messages exist.
+# The least a feed keeps: one more than the largest page, so a full first page knows whether
+# older messages exist.
 KEEP = MAX_PAGE + 1
+# The messages kept by default: any page within the newest WINDOW is read from memory. 10,000
+# messages are a few MB; a sync reads them in one round trip.
+WINDOW = 10_000
 # While nothing new arrives, how often to check that the store has not gone back in time.
 CHECK_EVERY = 5.0
 # Removals remembered: to keep a message a lagging follower still holds out of memory, and to
@@ -53,10 +59,18 @@ RESYNC_REMOVALS_MS = 10_000
 EVERY_MESSAGE = "0-0"
 
 
+def _key(message: Message) -> tuple[int, int]:
+    return id_key(message.id)
+
+
 class Feed:
-    def __init__(self, store: MessageStore) -> None:
+    def __init__(self, store: MessageStore, keep: int = WINDOW + 1) -> None:
+        if keep < KEEP:
+            raise ValueError(f"a feed keeps at least {KEEP} messages")
         self.store = store
-        self.recent: deque[Message] = deque(maxlen=KEEP)  # oldest first
+        self.keep = keep
+        # Oldest first, at most `keep`. A list, not a deque: pages are found by bisection.
+        self.recent: list[Message] = []
         # The newest message id read (the stream cursor; that message may have been removed).
         self.head_id: str | None = None
         # Memory holds every message from this id up to `head_id`, removed ones excepted.
@@ -72,8 +86,6 @@ class Feed:
         self._stopping = False
         self._check_at = 0.0
         self._task: asyncio.Task[None] | None = None
-        self._newest_first: list[Message] = []
-        self._newest_first_version = -1
         # The removal records read so far (oldest first): every one after `_removals_from`
         # up to `_removal_cursor`, at most REMOVALS_KEPT.
         self._removal_cursor = "0-0"
@@ -126,19 +138,45 @@ class Feed:
     def first_page(self, limit: int, must_include: str | None) -> list[Message] | None:
         """The newest `limit` messages (one more if there is), newest first, or None when
         memory cannot answer."""
-        if not self.live:
+        return self.page(limit, None, must_include)
+
+    def page(
+        self, limit: int, before: str | None, must_include: str | None
+    ) -> list[Message] | None:
+        """`limit` messages older than `before` (the newest when None) and one more if there
+        is, newest first, as `MessageStore.page` reads them; None when memory cannot answer."""
+        older = self.newest(limit + 1, before, must_include)
+        return None if older is None else older[::-1]
+
+    def newest(
+        self, count: int, before: str | None, must_include: str | None
+    ) -> list[Message] | None:
+        """The newest `count` messages older than `before` (any when None), oldest first;
+        None when memory cannot answer: the reader is not keeping up, has not read the
+        write the reader must see, or the window does not reach back far enough."""
+        if not self.live or self.head_id is None:
             return None
+        head = id_key(self.head_id)
         wanted = self.store.must_show(must_include)
-        if wanted is not None and (self.head_id is None or id_key(self.head_id) < id_key(wanted)):
+        if wanted is not None and head < id_key(wanted):
             return None
-        if self.floor != EVERY_MESSAGE and len(self.recent) <= limit:
-            # Removals left the window short and it has not been topped up yet: memory cannot
-            # tell what the page ends with, nor whether older messages exist.
-            return None
-        if self._newest_first_version != self.version:
-            self._newest_first = list(reversed(self.recent))
-            self._newest_first_version = self.version
-        return self._newest_first[: limit + 1]
+        if before is None:
+            end = len(self.recent)
+        else:
+            bound = id_key(before)
+            if bound > head:
+                # The store may hold messages older than `before` this reader has not read.
+                return None
+            end = bisect_left(self.recent, bound, key=_key)
+        start = end - count
+        if start < 0:
+            if self.floor != EVERY_MESSAGE:
+                # Older messages exist that memory lacks (beyond the window, or removals left
+                # it short and it has not been topped up yet): memory cannot tell what the
+                # page ends with, nor whether there is more.
+                return None
+            start = 0
+        return self.recent[start:end]
 
     def last_seen(self, limit: int) -> list[Message] | None:
         """The newest `limit` messages (one more if there is), newest first, as the reader last
@@ -146,7 +184,7 @@ class Feed:
         read of the store."""
         if self.head_id is None:
             return None
-        return list(reversed(self.recent))[: limit + 1]
+        return self.recent[-limit - 1 :][::-1]
 
     def drop_now(self, message_id: str) -> None:
         """A removal this process made: out of memory at once, so the moderator's next read
@@ -184,7 +222,7 @@ class Feed:
             changes: Changes | None = None
             try:
                 if self._synced and self.head_id is not None:
-                    if self.floor != EVERY_MESSAGE and len(self.recent) < KEEP:
+                    if self.floor != EVERY_MESSAGE and len(self.recent) < self.keep:
                         await self._refill()
                     changes = await self.store.watch_changes(self.head_id, self._removal_cursor)
                     self.source = changes.source
@@ -232,15 +270,14 @@ class Feed:
         # The removal head first: a removal after it is read by the next watch, whichever
         # server answers the messages (and see RESYNC_REMOVALS_MS).
         newest_removal = await self.store.removal_head()
-        messages, self.source = await self.store.head(KEEP)
+        messages, self.source = await self.store.head(self.keep)
         previous = self.head_id
         ms = id_key(newest_removal)[0] - RESYNC_REMOVALS_MS
         self._removal_cursor = self._removals_from = f"{ms}-0" if ms > 0 else "0-0"
         self._removals.clear()
         self._removed_ids.clear()
-        self.recent.clear()
-        self.recent.extend(messages)
-        self.floor = messages[0].id if len(messages) >= KEEP else EVERY_MESSAGE
+        self.recent = list(messages)
+        self.floor = messages[0].id if len(messages) >= self.keep else EVERY_MESSAGE
         self.head_id = messages[-1].id if messages else "0-0"
         self._synced = True
         self.version += 1
@@ -254,9 +291,9 @@ class Feed:
     async def _refill(self) -> None:
         """Top the window up after removals left it short: one read of the messages just
         older than it, as many as are missing."""
-        page = await self.store.page(min(KEEP - len(self.recent), MAX_PAGE), self.floor)
+        page = await self.store.page(min(self.keep - len(self.recent), MAX_PAGE), self.floor)
         older = [m for m in page.messages if m.id not in self._removed_ids]
-        self.recent.extendleft(older)  # newest first in, so oldest first out
+        self.recent[:0] = older[::-1]  # the page is newest first
         self.floor = page.messages[-1].id if page.next is not None else EVERY_MESSAGE
         if older:
             self.version += 1
@@ -277,11 +314,11 @@ class Feed:
                 # A follower behind the one that reported a removal may still hand it out.
                 messages = [m for m in messages if m.id not in self._removed_ids]
             if messages:
-                if len(self.recent) + len(messages) > KEEP:
-                    self.recent.extend(messages)
+                self.recent.extend(messages)
+                excess = len(self.recent) - self.keep
+                if excess > 0:
+                    del self.recent[:excess]
                     self.floor = self.recent[0].id
-                else:
-                    self.recent.extend(messages)
                 changed = True
         if changed:
             self.version += 1
@@ -315,8 +352,7 @@ class Feed:
         kept = [m for m in self.recent if m.id not in gone]
         if len(kept) == len(self.recent):
             return False
-        self.recent.clear()
-        self.recent.extend(kept)
+        self.recent = kept
         return True
 
     def _publish(self, messages: list[Message], removed: list[str]) -> None:

@@ -36,7 +36,9 @@ def parse_import(content: str, max_chars: int) -> list[ImportEntry]:
     if not stripped:
         return []
     if stripped.startswith("{"):
-        lines = [line for line in stripped.splitlines() if line.strip()]
+        # JSON lines end at "\n" only: `splitlines` would also cut at U+2028, U+2029 and
+        # others, which a text may hold and the export writes unescaped.
+        lines = [line for line in stripped.split("\n") if line.strip()]
         try:
             first = json.loads(lines[0])
         except json.JSONDecodeError as exc:

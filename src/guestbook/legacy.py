@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from .errors import Refused
 from .posting import post, remember_held
+from .problems import documented_legacy_errors
 from .reads import legacy_list, remember_write
 from .state import AppState
 
@@ -88,13 +89,17 @@ class LegacyAnswer(BaseModel):
     message: str | None = Field(None, description='cmd=set: "Updated"')
 
 
-class LegacyError(BaseModel):
-    error: str
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": LegacyError} for code in (400, 422, 429, 503)
-}
+_ERRORS: dict[int | str, dict[str, Any]] = documented_legacy_errors(
+    {
+        400: "`cmd` is not get or set, or `key` is not messages or guestbook; for cmd=set: "
+        "no `value`, its last comma-separated entry empty after trimming, or a query string "
+        "that is not UTF-8",
+        422: "cmd=set: the last entry is too long (GUESTBOOK_MAX_MESSAGE_CHARS) or has control "
+        "characters other than newline and tab",
+        429: "cmd=set: too many posts from this client in the last minute",
+        503: "No store server can answer (or, for set, take the message)",
+    }
+)
 
 
 @router.get(

@@ -41,9 +41,10 @@ import contextlib
 import json
 import logging
 import random
+from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from prometheus_client import Counter
@@ -52,7 +53,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .errors import InvalidCursor, StoreUnavailable
+from .feed import WINDOW
 from .messages import ID_PATTERN, Message, id_key, parse_id
+from .problems import documented_problems
 from .state import AppState
 
 log = logging.getLogger("guestbook.live")
@@ -77,7 +80,11 @@ SWEEP = 1.0
 # Backlog reads from the store: page size, and how long to wait for a lagging reader.
 BACKLOG_PAGE = 500
 BACKLOG_ATTEMPTS = 50
-ENCODED_CACHE = 1024
+# Encodings kept: as many messages as the feed keeps, so that clients resuming from anywhere
+# in its memory share one encoding of each message. A smaller cache thrashes on every backlog
+# longer than itself: 500 clients resuming from the start of 2,000 messages spent the whole
+# process on json.dumps, and probes waited seconds.
+ENCODED_CACHE = WINDOW + 1
 
 EVENT_STREAM = "text/event-stream"
 Put = Callable[[bytes], Awaitable[None]]
@@ -437,7 +444,8 @@ async def _backlog(
     attempts = 0
     while id_key(cursor) < id_key(head):
         if id_key(floor) <= id_key(cursor):
-            chunk = [m for m in recent if id_key(m.id) > id_key(cursor)]
+            # `recent` is in id order, up to 10,001 messages: found by bisection.
+            chunk = recent[bisect_right(recent, id_key(cursor), key=lambda m: id_key(m.id)) :]
             if chunk:
                 yield chunk
             return
@@ -462,6 +470,50 @@ def _ids(*values: str | None) -> Iterator[str]:
     return (v for v in values if v)
 
 
+def _event(name: str, data: dict[str, Any], **fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "data", *fields],
+        "properties": {
+            "event": {"const": name},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data,
+            },
+            # A parser gives every event the last `id:` it saw, also those sent without one.
+            "id": {"type": "string", "pattern": ID_PATTERN},
+            "retry": {"type": "integer", "minimum": 0},
+            **fields,
+        },
+    }
+
+
+_EVENT_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        _event(
+            "message",
+            {"$ref": "#/components/schemas/MessageOut"},
+            id={"type": "string", "pattern": ID_PATTERN},
+        ),
+        _event("remove", {"type": "object", "required": ["id"]}),
+        _event(
+            "status",
+            {
+                "type": "object",
+                "required": ["store"],
+                "properties": {"store": {"enum": ["ok", "unavailable"]}},
+            },
+        ),
+        _event(
+            "reconnect",
+            {"type": "object", "required": ["reason", "retry"]},
+            retry={"type": "integer", "minimum": 0},
+        ),
+    ]
+}
+
+
 @router.get(
     "/messages/stream",
     summary="Follow new messages live (Server-Sent Events)",
@@ -481,12 +533,11 @@ def _ids(*values: str | None) -> Iterator[str]:
             'sent every 15 s while idle. An event `reconnect` (data `{"reason", "retry"}`) '
             "precedes the end of the stream when the client fell too far behind or the server "
             "is stopping: reconnect after `retry` ms with the last id received.",
-            "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+            # `itemSchema` is one event, as FastAPI documents its own event streams (OpenAPI
+            # 3.2's field): the `event`, `id`, `data` and `retry` fields a client parses.
+            "content": {EVENT_STREAM: {"itemSchema": _EVENT_SCHEMA}},
         },
-        400: {
-            "description": "`after` or `Last-Event-ID` is not a message id",
-            "content": {"application/problem+json": {}},
-        },
+        **documented_problems({400: "`after` or `Last-Event-ID` is not a message id"}),
     },
 )
 async def stream(
@@ -504,6 +555,8 @@ async def stream(
         str | None,
         Header(
             alias="Last-Event-ID",
+            # Empty is what a browser sends before it has seen an id: no resume point.
+            pattern=f"^(?:{ID_PATTERN[1:-1]})?$",
             description="Sent by browsers when they reconnect; takes the place of `after`.",
         ),
     ] = None,

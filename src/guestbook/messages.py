@@ -13,10 +13,28 @@ from datetime import UTC, datetime
 
 from .errors import InvalidCursor, InvalidMessage
 
-# A stream id: `<milliseconds>-<sequence>`, ASCII digits only (`\d` would admit other
-# scripts' digits, which Redis refuses). The one definition: routes, the fast path, cookies
+
+def _at_most(limit: str) -> str:
+    """A regex for the decimal strings of up to `len(limit)` digits (leading zeros allowed)
+    whose value is at most `limit`: shorter ones, or the same length and digit by digit no
+    greater, as a range check reads."""
+    width = len(limit)
+    branches = [f"[0-9]{{1,{width - 1}}}"]
+    for i, digit in enumerate(limit):
+        if digit != "0":
+            rest = width - i - 1
+            tail = f"[0-9]{{{rest}}}" if rest else ""
+            branches.append(f"{limit[:i]}[0-{int(digit) - 1}]{tail}")
+    branches.append(limit)
+    return "(?:" + "|".join(branches) + ")"
+
+
+# A stream id: `<milliseconds>-<sequence>`, each part an unsigned 64-bit number in ASCII
+# digits (`\d` would admit other scripts' digits, and Redis refuses both those and numbers
+# past 2**64 - 1). The one definition: routes, the fast path, cookies, the OpenAPI document
 # and the store all use it.
-ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+_U64_DIGITS = _at_most(str(2**64 - 1))
+ID_PATTERN = f"^{_U64_DIGITS}-{_U64_DIGITS}$"
 _STREAM_ID = re.compile(r"\A([0-9]{1,20})-([0-9]{1,20})\Z")
 _U64 = 2**64
 # The page sizes the API allows, and its default.

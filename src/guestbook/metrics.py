@@ -53,7 +53,7 @@ class Metrics:
         )
         page_cache = Counter(
             "guestbook_page_cache",
-            "First-page reads served from the live head cache (hit) or the store (miss)",
+            "Page and legacy-list reads served from the feed's memory (hit) or the store (miss)",
             ["result"],
             registry=self.registry,
         )

@@ -12,6 +12,7 @@ import time
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import Refused
 from .logs import AccessLog, request_id
 from .metrics import Metrics
 from .problems import answer_error
@@ -36,6 +37,22 @@ NO_HEAD = frozenset({"/api/messages/stream"})
 # is replaced, so a log line never carries what an attacker chose to put there.
 _ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 MAX_REQUEST_ID = 128
+# granian answers a request head over `connections.MAX_HEAD` (16 KiB), and one it cannot parse,
+# itself: 400 or 431 with no security headers, and it has no hook to add them. So the app
+# refuses long addresses and large headers first, below that size, with its own answer.
+MAX_TARGET = 8 * 1024
+MAX_HEADERS = 8 * 1024
+
+
+def _oversized(scope: Scope) -> Refused | None:
+    target = len(scope.get("raw_path") or scope["path"]) + len(scope.get("query_string", b""))
+    if target > MAX_TARGET:
+        return Refused(414, f"The address is over {MAX_TARGET // 1024} KiB.")
+    # Each header as sent: name, ": ", value, CRLF.
+    size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+    if size > MAX_HEADERS:
+        return Refused(431, f"The request's headers are over {MAX_HEADERS // 1024} KiB.")
+    return None
 
 
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
@@ -93,6 +110,9 @@ class RequestMiddleware:
             await send(message)
 
         try:
+            oversized = _oversized(scope)
+            if oversized is not None:
+                raise oversized
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:
             if started:

@@ -321,8 +321,8 @@ async def audit(
 ) -> list[AuditEntry]:
     """Newest first, up to `limit` audit entries older than `before` (an `entry_id`)."""
     limit = max(1, min(MAX_AUDIT_PAGE, limit))
-    if before is not None:
-        parse_id(before, "before")
+    if before is not None and parse_id(before, "before") == (0, 0):
+        return []  # nothing is older than the first id (and Redis refuses the range "(0-0")
     high = f"({before}" if before else "+"
 
     async def fetch(client: Redis) -> list[Entry]:
@@ -349,9 +349,14 @@ async def block_remove(store: MessageStore, pattern: str) -> bool:
     return bool(removed)
 
 
-async def blocked_patterns(store: MessageStore) -> frozenset[str]:
-    """Every blocked pattern, normalised: one SMEMBERS on a reader."""
-    members, _ = await store.on_reader(lambda c: c.smembers(BLOCKED), "blocked")
+async def blocked_patterns(store: MessageStore, *, on_leader: bool = False) -> frozenset[str]:
+    """Every blocked pattern, normalised: one SMEMBERS on a reader, or on the leader when a
+    post asks: a store that does not answer then costs the post one store timeout, as its own
+    write does, not one per server it would try (posts must answer within 2 s)."""
+    if on_leader:
+        members = await store.on_leader(lambda c: c.smembers(BLOCKED), "blocked")
+    else:
+        members, _ = await store.on_reader(lambda c: c.smembers(BLOCKED), "blocked")
     return frozenset(str(m) for m in members)
 
 

@@ -11,10 +11,12 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from . import moderation
+from .api import CREATED_AT_PATTERN, MessageOut
 from .auth import require_bearer
 from .bodies import read_body
 from .errors import Refused
 from .messages import ID_PATTERN
+from .problems import documented_problems
 from .state import AppState
 
 router = APIRouter(prefix="/api", tags=["moderation"])
@@ -24,21 +26,48 @@ MAX_REASON = 500
 Id = Annotated[str, Path(pattern=ID_PATTERN, description="A message or held-post id")]
 
 
-class Problem(BaseModel):
-    type: str
-    title: str
-    status: int
-    detail: str
-
-
-def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Problem, "content": {"application/problem+json": {}}} for code in codes}
+# The moderators' token as the document names it; every route here requires it.
+BEARER_SCHEME: dict[str, Any] = {
+    "moderator": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "GUESTBOOK_ADMIN_TOKEN, the moderators' token",
+    }
+}
+_SECURED: dict[str, Any] = {"security": [{"moderator": []}]}
+_REASON_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"reason": {"type": "string", "maxLength": MAX_REASON}},
+                }
+            }
+        },
+    }
+}
+# What every moderation route may answer, whatever it does.
+_GUARDED = {
+    401: "No moderators' token, or the wrong one",
+    403: "Moderation over HTTP is off: no GUESTBOOK_ADMIN_TOKEN is configured",
+    503: "No store server can answer",
+}
+_BAD_ID = {400: "The id is not a message id"}
+_BAD_REASON = {
+    400: "The id is not a message id, or the body is not JSON",
+    413: "The body is over 16 KiB",
+    422: f'The body is not {{"reason": "..."}} with at most {MAX_REASON} characters',
+}
+_BAD_PAGE = {400: "`limit` or `before` is malformed or out of range"}
 
 
 class HeldPost(BaseModel):
-    id: str
+    id: str = Field(pattern=ID_PATTERN)
     text: str
-    created_at: str
+    created_at: str = Field(pattern=CREATED_AT_PATTERN)
     reason: str = Field(description="pre-moderation, links, blocked-pattern, honeypot or duplicate")
 
 
@@ -49,7 +78,7 @@ class Queue(BaseModel):
 class AuditEntry(BaseModel):
     at: str
     action: str = Field(description="remove, approve, reject or hold")
-    id: str
+    id: str = Field(pattern=ID_PATTERN)
     by: str
     reason: str
     text: str
@@ -84,7 +113,13 @@ def _json(body: object, status: int = 200) -> Response:
     "/messages/{message_id}",
     summary="Remove a message (moderator)",
     status_code=204,
-    responses=_problems(400, 401, 403, 404, 503),
+    responses={
+        204: {"description": "Removed"},
+        **documented_problems(
+            {**_BAD_REASON, **_GUARDED, 404: "No such message, or it is removed already"}
+        ),
+    },
+    openapi_extra={**_SECURED, **_REASON_BODY},
 )
 async def remove_message(request: Request, message_id: Id) -> Response:
     """Gone within a second from every frontend's page, API, legacy `get`, feed and live
@@ -102,7 +137,8 @@ async def remove_message(request: Request, message_id: Id) -> Response:
     "/moderation/queue",
     summary="Held posts, oldest first (moderator)",
     response_model=Queue,
-    responses=_problems(401, 403, 503),
+    responses=documented_problems({400: "`limit` is out of range", **_GUARDED}),
+    openapi_extra=_SECURED,
 )
 async def queue(request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 100) -> Response:
     state: AppState = request.state.app
@@ -114,7 +150,13 @@ async def queue(request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 1
 @router.post(
     "/moderation/queue/{held_id}/approve",
     summary="Publish a held post (moderator)",
-    responses=_problems(400, 401, 403, 404, 503),
+    responses={
+        200: {"model": MessageOut, "description": "Published, with its new id"},
+        **documented_problems(
+            {**_BAD_ID, **_GUARDED, 404: "No such held post: approved or rejected already"}
+        ),
+    },
+    openapi_extra=_SECURED,
 )
 async def approve(request: Request, held_id: Id) -> Response:
     """The post appears live everywhere, with a new id (given back); audited."""
@@ -130,7 +172,13 @@ async def approve(request: Request, held_id: Id) -> Response:
     "/moderation/queue/{held_id}/reject",
     summary="Drop a held post (moderator)",
     status_code=204,
-    responses=_problems(400, 401, 403, 404, 503),
+    responses={
+        204: {"description": "Dropped"},
+        **documented_problems(
+            {**_BAD_REASON, **_GUARDED, 404: "No such held post: approved or rejected already"}
+        ),
+    },
+    openapi_extra={**_SECURED, **_REASON_BODY},
 )
 async def reject(request: Request, held_id: Id) -> Response:
     """Audited with its text; body: optional `{"reason": "..."}`."""
@@ -146,7 +194,8 @@ async def reject(request: Request, held_id: Id) -> Response:
     "/moderation/audit",
     summary="Moderation decisions, newest first (moderator)",
     response_model=Audit,
-    responses=_problems(400, 401, 403, 503),
+    responses=documented_problems({**_BAD_PAGE, **_GUARDED}),
+    openapi_extra=_SECURED,
 )
 async def audit(
     request: Request,

@@ -73,8 +73,13 @@ async def page_response(
     answer, encoded once per change) or those older than `before`; for a poster whose posts
     wait for a moderator, those first, marked as such (read for them alone, never cached)."""
     if before is not None:
-        page = await state.store.page(PAGE_SIZE + 1, before, None)
-        return HTMLResponse(render_page(state, page.messages, before=before))
+        older = await read_page(state, PAGE_SIZE + 1, before, None)
+        if older.from_memory:
+            page = state.bodies.get(
+                ("page", before), lambda: render_page(state, older.messages, before=before).encode()
+            )
+            return HTMLResponse(page)
+        return HTMLResponse(render_page(state, older.messages, before=before))
     waiting = await _held(state, held)
     cached = memory_page(state, PAGE_SIZE + 1, must_include)
     if cached is not None and not waiting:

@@ -31,8 +31,16 @@ HELD_KEPT = 5
 # The block list is asked for at most this often per frontend: `guestbook block add` reaches
 # every frontend within the contract's 5 s.
 BLOCKLIST_TTL = 2.0
-# An Idempotency-Key is the client's own token: printable ASCII, of a sane length.
+# An Idempotency-Key is the client's own token: printable ASCII, of a sane length, bare or
+# quoted as the IETF draft's structured-field string (the quotes are not part of the key).
 MAX_IDEMPOTENCY_KEY = 255
+# What `idempotency_key` takes, for the OpenAPI document: quotes, then the key, whose first
+# and last characters are neither space nor quote (HTTP trims the spaces around a header
+# value; the quotes are stripped), then quotes.
+_KEY_EDGE = r"[\x21\x23-\x7e]"
+IDEMPOTENCY_KEY_PATTERN = (
+    f'^"*{_KEY_EDGE}(?:[\\x20-\\x7e]{{0,{MAX_IDEMPOTENCY_KEY - 2}}}{_KEY_EDGE})?"*$'
+)
 
 
 def client_address(request: Request, trusted: Sequence[Network]) -> str:
@@ -65,7 +73,7 @@ def _trusted(address: str, trusted: Sequence[Network]) -> bool:
 async def _blocked(state: AppState) -> frozenset[str]:
     now = time.monotonic()
     if now >= state.blocklist_until:
-        state.blocklist = await moderation.blocked_patterns(state.store)
+        state.blocklist = await moderation.blocked_patterns(state.store, on_leader=True)
         state.blocklist_until = now + BLOCKLIST_TTL
     return state.blocklist
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
@@ -204,3 +205,85 @@ def error_page(problem: Problem) -> Response:
         retry=problem.status == 503,
     )
     return HTMLResponse(body, status_code=problem.status, headers=problem.headers)
+
+
+# --- how the OpenAPI document describes these answers ---------------------------------------
+
+PROBLEM_JSON = "application/problem+json"
+# Component names: the document's builder (`docs.openapi_document`) defines them once.
+PROBLEM_REF = "#/components/schemas/Problem"
+LEGACY_ERROR_REF = "#/components/schemas/LegacyError"
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An RFC 9457 problem document, as `problem_json` writes it.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "const": PROBLEM_TYPE},
+        "title": {"type": "string", "description": "The status's reason phrase"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string", "description": "What went wrong, in words for a person"},
+    },
+}
+LEGACY_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "LegacyError",
+    "description": "The legacy endpoint's own error shape, with the same status codes.",
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+}
+
+# The headers `problem_for` adds to some answers.
+_HEADERS: dict[int, dict[str, dict[str, Any]]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "The Bearer challenge",
+            "schema": {"type": "string", "pattern": "^Bearer "},
+        }
+    },
+    429: {
+        "Retry-After": {
+            "description": "Whole seconds until a post is taken again",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "description": "Whole seconds before trying again",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    },
+}
+_BROWSER_NOTE = (
+    " A request whose `Accept` prefers `text/html` (a browser) gets the same status as a small "
+    "HTML page instead."
+)
+
+
+def documented_problems(why: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route for the errors it answers, each status with the reason it
+    is given: the problem document (or the HTML page a browser asks for) and its headers."""
+    return {
+        status: {
+            "description": reason + _BROWSER_NOTE,
+            "content": {
+                PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}},
+                "text/html": {"schema": {"type": "string"}},
+            },
+            **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
+        }
+        for status, reason in why.items()
+    }
+
+
+def documented_legacy_errors(why: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """The same for the legacy endpoint, which answers `{"error": ...}` whatever `Accept` says."""
+    return {
+        status: {
+            "description": reason,
+            "content": {"application/json": {"schema": {"$ref": LEGACY_ERROR_REF}}},
+            **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
+        }
+        for status, reason in why.items()
+    }

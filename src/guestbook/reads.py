@@ -2,8 +2,9 @@
 list — used by the routes and by the fast path alike, so an answer is the same byte for byte
 whichever path gives it; and the read-your-writes rule they all honour.
 
-The first page comes from the feed's memory when it can answer (see `feed.py`), its body
-encoded once per change of the feed; anything else is one store read.
+Every page within the feed's window (the newest 10,000 messages) and the legacy list come from
+the feed's memory when it can answer (see `feed.py`), their bodies encoded once per change of
+the feed (see `BodyCache`). Anything else is one store read.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ class PageRead:
     from_memory: bool
 
 
-def memory_page(state: AppState, limit: int, must_include: str | None) -> PageRead | None:
-    """The first page from the feed's memory, or None when memory cannot answer it."""
-    newest = state.feed.first_page(limit, must_include)
+def memory_page(
+    state: AppState, limit: int, must_include: str | None, before: str | None = None
+) -> PageRead | None:
+    """A page from the feed's memory, or None when memory cannot answer it."""
+    newest = state.feed.page(limit, before, must_include)
     if newest is None:
         return None
     state.metrics.page_cache_hit.inc()
@@ -64,13 +67,12 @@ def memory_page(state: AppState, limit: int, must_include: str | None) -> PageRe
 async def read_page(
     state: AppState, limit: int, before: str | None, must_include: str | None
 ) -> PageRead:
-    """A page, newest first: the first page from memory when it can answer, else the store
-    (whose errors propagate)."""
-    if before is None:
-        cached = memory_page(state, limit, must_include)
-        if cached is not None:
-            return cached
-        state.metrics.page_cache_miss.inc()
+    """A page, newest first: from memory when it can answer, else the store (whose errors
+    propagate)."""
+    cached = memory_page(state, limit, must_include, before)
+    if cached is not None:
+        return cached
+    state.metrics.page_cache_miss.inc()
     page = await state.store.page(limit, before, must_include)
     state.read_from = page.source
     return PageRead(page.messages, page.next, False)
@@ -87,7 +89,8 @@ async def api_page(
     """The JSON of `GET /api/messages`."""
     read = await read_page(state, limit, before, must_include)
     if read.from_memory:
-        return state.bodies.get(("api", limit), lambda: encode_page(read))
+        # Older pages too: readers paging back follow the same `next` cursors.
+        return state.bodies.get(("api", limit, before), lambda: encode_page(read))
     return encode_page(read)
 
 
@@ -118,7 +121,16 @@ LEGACY_LIMIT = 1000
 
 
 async def legacy_list(state: AppState) -> bytes:
-    """`{"data": "m1,m2,..."}`, oldest first, for the original PHP page."""
-    messages = await state.store.newest_oldest_first(LEGACY_LIMIT)
+    """`{"data": "m1,m2,..."}`, oldest first, for the original PHP page: from the feed's
+    memory when it can answer, built once per change of the feed; else one store read."""
+    remembered = state.feed.newest(LEGACY_LIMIT, None, None)
+    if remembered is not None:
+        state.metrics.page_cache_hit.inc()
+        return state.bodies.get("legacy", lambda: _legacy_body(remembered))
+    state.metrics.page_cache_miss.inc()
+    return _legacy_body(await state.store.newest_oldest_first(LEGACY_LIMIT))
+
+
+def _legacy_body(messages: list[Message]) -> bytes:
     # json.dumps' default separators give exactly the PHP page's `{"data": "..."}`.
     return json.dumps({"data": ",".join(m.text for m in messages)}).encode()

@@ -8,6 +8,9 @@ closes the store clients; last, the embedded store (if any) flushes its file and
 The embedded store is supervised meanwhile: restarted when it dies, and when it cannot be,
 `serve` stops the same way and ends with `StoreLost` (a non-zero exit), so that whatever runs
 `serve` can act.
+
+With GUESTBOOK_WORKERS above 1 this process runs no app itself: it starts that many worker
+processes, each running `serve_worker`, and supervises them and the store (see workers.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import replace
 from granian.constants import HTTPModes, Interfaces
 from granian.server.embed import Server
 
+from . import connections
 from .app import create_app
 from .embedded import EmbeddedServer, StoreLost
 from .logs import BufferedStdoutHandler, configure_logging
@@ -80,12 +84,25 @@ def serve(settings: Settings, instance: str) -> None:
         address = replace(address, leader_url=embedded.url)
         log.info("embedded store started in %s", settings.data_dir)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_run(settings, address, instance, log_handler, embedded))
+        if settings.workers > 1:
+            from .workers import run_workers
+
+            run_workers(settings, address, instance, log_handler, embedded)
+        else:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(_run(settings, address, instance, log_handler, embedded))
     finally:
         if embedded is not None:
             embedded.stop()
             log.info("embedded store stopped")
+
+
+def serve_worker(settings: Settings, address: StoreAddress, instance: str) -> None:
+    """One of GUESTBOOK_WORKERS' processes: the app on the port its parent checked, on the
+    store its parent found (and supervises, when embedded)."""
+    log_handler = configure_logging(settings, instance)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_run(settings, address, instance, log_handler))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -113,8 +130,14 @@ async def _run(
         # (about 12 KB less per live client without them).
         http=HTTPModes.http1,
         websockets=False,
-        backlog=2048,
+        # What one frontend holds and for how long: see connections.py.
+        backlog=connections.BACKLOG,
+        backpressure=connections.connection_cap(),
+        http1_settings=connections.HTTP1,
         log_enabled=False,
+    )
+    cutter = asyncio.create_task(
+        connections.cut_stalled_peers(settings.port), name="guestbook-listener-options"
     )
     loop = asyncio.get_running_loop()
     stopping = False
@@ -164,6 +187,7 @@ async def _run(
     try:
         await server.serve()
     finally:
+        cutter.cancel()
         if supervisor is not None and not supervisor.done():
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

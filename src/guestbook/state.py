@@ -19,15 +19,21 @@ if TYPE_CHECKING:
 
 
 class BodyCache:
-    """Response bodies built from the feed's memory, kept until the feed changes."""
+    """Response bodies built from the feed's memory, kept until the feed changes; at most
+    MAX_BODIES of them, since older pages are keyed by the cursors clients send."""
+
+    MAX_BODIES = 256
 
     def __init__(self, feed: Feed) -> None:
         self.feed = feed
         self._bodies: dict[object, bytes] = {}
         self._version = -1
 
+    def __len__(self) -> int:
+        return len(self._bodies)
+
     def get(self, key: object, build: Callable[[], bytes]) -> bytes:
-        if self._version != self.feed.version:
+        if self._version != self.feed.version or len(self._bodies) >= self.MAX_BODIES:
             self._bodies.clear()
             self._version = self.feed.version
         body = self._bodies.get(key)
