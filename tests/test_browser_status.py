@@ -1,8 +1,9 @@
 """The topology page in a real browser: Playwright driving Debian's Chromium against real
 `guestbook serve` frontends on a real leader and two followers. A frontend started after the page
-opened appears on it, and a killed follower turns red, both without a reload; the page fits a
-phone's width; a screenshot of it is kept at docs/status.png. A CSP violation or a page error
-fails the test."""
+opened appears on it, and a killed follower turns red, both without a reload; on a frontend that
+follows three real sentinels, each sentinel is drawn and a killed one turns red without a
+reload; the page fits a phone's width; a screenshot of it is kept at docs/status.png. A CSP
+violation or a page error fails the test."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from playwright.sync_api import Page, expect
 
 from browser import PHONE
 from conftest import ROOT, Cluster, MakeFrontend
+from sentinels import running_ha
 
 pytestmark = pytest.mark.browser
 
@@ -74,3 +76,43 @@ def test_the_page_fits_a_phone(
         assert box["x"] >= 0
         assert box["x"] + box["width"] <= PHONE["width"]
     page.screenshot(path=str(tmp_path / "status-phone.png"), full_page=True)
+
+
+def test_sentinels_are_drawn_and_a_killed_one_turns_red_without_a_reload(
+    make_frontend: MakeFrontend, new_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    with running_ha(tmp_path / "ha") as ha:
+        frontend = make_frontend(**ha.env(GUESTBOOK_INSTANCE="frontend-sentinels"))
+        leader = f"127.0.0.1:{ha.leader().port}"
+        page = new_page(f"{frontend.url}/status", viewport={"width": 1000, "height": 700})
+        page.evaluate("window.notReloaded = true")
+        sentinels = page.locator("#sentinels li.sentinel")
+        expect(sentinels).to_have_count(3)
+        for sentinel in ha.sentinels:
+            box = page.locator(f'#sentinels li.sentinel[data-address="{sentinel.address}"]')
+            expect(box).to_contain_text(f"names {leader} leader")
+            expect(box).not_to_have_class(DOWN)
+        # Redrawn by the script: the follower's seconds are when it last heard from its leader.
+        expect(page.locator("#live")).to_be_visible()
+        expect(page.locator("#followers li.follower").first).to_contain_text("last heard")
+
+        dead = ha.sentinels[2]
+        dead.kill()
+        killed = page.locator(f'#sentinels li.sentinel[data-address="{dead.address}"]')
+        expect(killed).to_have_class(DOWN)
+        expect(killed).to_contain_text("unreachable")
+        expect(page.locator("#sentinels li.down")).to_have_count(1)
+        red = killed.evaluate("node => getComputedStyle(node).borderTopColor")
+        assert red == "rgb(198, 40, 40)"
+        assert page.evaluate("window.notReloaded") is True
+        page.screenshot(path=str(tmp_path / "status-sentinels.png"))
+
+        phone = new_page(f"{frontend.url}/status", viewport=PHONE)
+        expect(phone.locator("#sentinels li.sentinel")).to_have_count(3)
+        assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        for index in range(3):
+            box = phone.locator("#sentinels li.sentinel").nth(index).bounding_box()
+            assert box is not None
+            assert box["x"] >= 0
+            assert box["x"] + box["width"] <= PHONE["width"]
+        phone.screenshot(path=str(tmp_path / "status-sentinels-phone.png"), full_page=True)

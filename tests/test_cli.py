@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import Cluster, cli, start_cluster
+from conftest import Cluster, cli, free_port, start_cluster
+from guestbook.cli import build_parser
+from sentinels import SENTINEL_PASSWORD, SERVICE, running_ha
 
 
 def stored(cluster: Cluster) -> list[tuple[str, dict[str, str]]]:
@@ -260,12 +262,16 @@ def test_list_json_prints_the_messages_as_export_does(tmp_path: Path, cluster: C
 @pytest.mark.parametrize(
     ("command", "shown", "hidden"),
     [
-        ("status", (), ("--max-message-chars", "--write-replicas", "--log-level")),
-        ("list", (), ("--max-message-chars", "--write-replicas", "--log-level")),
-        ("export", (), ("--max-message-chars", "--write-replicas", "--log-level")),
-        ("import", ("--max-message-chars",), ("--write-replicas", "--log-level")),
+        ("status", (), ("--max-message-chars", "--write-replicas", "--log-level", "--workers")),
+        ("list", (), ("--max-message-chars", "--write-replicas", "--log-level", "--workers")),
+        ("export", (), ("--max-message-chars", "--write-replicas", "--log-level", "--workers")),
+        ("import", ("--max-message-chars",), ("--write-replicas", "--log-level", "--workers")),
         ("post", ("--max-message-chars", "--write-replicas"), ("--log-level", "--port")),
-        ("serve", ("--max-message-chars", "--write-replicas", "--log-level", "--port"), ()),
+        (
+            "serve",
+            ("--max-message-chars", "--write-replicas", "--log-level", "--port", "--workers"),
+            (),
+        ),
     ],
 )
 def test_each_command_offers_only_the_flags_it_uses(
@@ -273,10 +279,55 @@ def test_each_command_offers_only_the_flags_it_uses(
 ) -> None:
     result = cli(tmp_path, None, command, "--help")
     assert result.returncode == 0
-    for flag in (*shown, "--redis-leader-url", "--data-dir", "--store-timeout"):
+    store = ("--sentinels", "--sentinel-service", "--redis-leader-url", "--data-dir")
+    for flag in (*shown, *store, "--store-timeout"):
         assert flag in result.stdout
     for flag in hidden:
         assert flag not in result.stdout
+
+
+@pytest.mark.parametrize("command", ["serve", "status", "post", "list"])
+def test_passwords_have_no_flag_and_the_help_says_where_they_come_from(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A flag's value is on the command line, which every user of the machine can read (ps).
+    help_text = " ".join(cli(tmp_path, None, command, "--help").stdout.split())
+    assert "--sentinel-password" not in help_text
+    assert "--redis-password" not in help_text
+    assert "Passwords come from the environment only: GUESTBOOK_SENTINEL_PASSWORD" in help_text
+    assert "GUESTBOOK_REDIS_PASSWORD" in help_text
+    for flag in ("--sentinel-password", "--redis-password"):
+        with pytest.raises(SystemExit) as refused:
+            build_parser().parse_args([command, flag, "s3cret-pw"])
+        assert refused.value.code == 2
+        assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+def test_status_follows_the_sentinels_named_by_flag_over_the_environment(
+    tmp_path: Path,
+) -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    with running_ha(tmp_path / "ha") as ha:
+        result = cli(
+            tmp_path, None, "status", "--json",
+            "--sentinels", ha.env_sentinels, "--sentinel-service", SERVICE,
+            GUESTBOOK_SENTINELS=nobody, GUESTBOOK_SENTINEL_SERVICE="not-this-one",
+            GUESTBOOK_SENTINEL_PASSWORD=SENTINEL_PASSWORD,
+        )  # fmt: skip
+        leader = ha.leader().port
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["mode"] == "sentinel"
+    assert status["sentinel"]["service"] == SERVICE
+    named = {s["address"]: s["leader"] for s in status["sentinel"]["sentinels"]}
+    assert named == {s.address: f"127.0.0.1:{leader}" for s in ha.sentinels}
+    assert SENTINEL_PASSWORD not in result.stdout + result.stderr
+
+
+def test_workers_by_flag_is_checked_and_named_as_the_flag(tmp_path: Path) -> None:
+    result = cli(tmp_path, None, "serve", "--workers", "0")
+    assert result.returncode == 2
+    assert "--workers (GUESTBOOK_WORKERS) must be between 1 and 256, not 0" in result.stderr
 
 
 def test_serve_help_names_every_log_level(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from conftest import Frontend, base_env, wait_until
-from guestbook.embedded import ADDRESS_FILE
+from guestbook.embedded import ADDRESS_FILE, running_url
 
 
 def alive(pid: int) -> bool:
@@ -259,6 +260,77 @@ def test_a_killed_embedded_store_is_restarted_on_the_same_data(tmp_path: Path) -
     assert "embedded store restarted" in frontend.logs()
     assert frontend.stop() == 0
     assert not alive(int(str(after["pid"])))
+
+
+def test_readiness_is_503_while_the_embedded_store_is_down_and_200_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    frontend = embedded_frontend(tmp_path).start()
+    data_dir = tmp_path / "data"
+    # Each /readyz answer, and whether the store was down for the whole call: it did not answer
+    # a PING just before the request nor just after the response.
+    looks: list[tuple[bool, int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        # Asking all along, not only after the kill: the moment that matters is the one right
+        # after it, before the frontend's own reader has noticed.
+        with frontend.http() as gb:
+            while not stop.is_set():
+                down_before = running_url(data_dir) is None
+                code = gb.get("/readyz", timeout=10).status_code
+                looks.append((down_before and running_url(data_dir) is None, code))
+
+    def more_looks(than: int) -> bool:
+        return len(looks) > than
+
+    watcher = threading.Thread(target=watch, name="readyz-watcher")
+    watcher.start()
+    try:
+        wait_until(functools.partial(more_looks, 10))
+        # Three restarts (within MAX_RESTARTS): each gap lasts only until the supervisor's
+        # next look and the new server's start, so one of them could pass between two looks.
+        for _ in range(3):
+            pid = store_pid(tmp_path)
+            os.kill(pid, signal.SIGKILL)
+            wait_until(functools.partial(restarted, tmp_path, pid), timeout=RESTART_BOUND)
+            wait_until(functools.partial(ready, frontend), timeout=RESTART_BOUND)
+            wait_until(functools.partial(more_looks, len(looks) + 5))
+    finally:
+        stop.set()
+        watcher.join(30)
+
+    while_down = [code for down, code in looks if down]
+    print(f"/readyz answered {len(while_down)} times while the store was down (3 restarts)")
+    assert while_down, "no /readyz answer fell inside a restart gap"
+    assert set(while_down) == {503}
+    assert looks[-1] == (False, 200)
+    assert "embedded store restarted" in frontend.logs()
+
+
+def test_readiness_stays_200_through_one_slow_answer_of_a_store_that_is_there(
+    tmp_path: Path,
+) -> None:
+    # A store timeout of 5 s keeps the frontend's reader live for seconds through the hang, so
+    # the one slow ping is all that readiness sees: it must not turn 503 for it.
+    env = base_env(tmp_path, GUESTBOOK_STORE_TIMEOUT="5")
+    frontend = Frontend(env, log_path=tmp_path / "serve.log")
+    _started.append(frontend)
+    frontend.start()
+    pid = store_pid(tmp_path)
+    with frontend.http() as gb:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            asked = time.monotonic()
+            answer = gb.get("/readyz", timeout=10)
+            took = time.monotonic() - asked
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        print(f"/readyz answered {answer.status_code} in {took:.2f} s with the store stopped")
+        assert answer.status_code == 200
+        assert answer.text == "ready\n"
+        wait_until(functools.partial(ready, frontend))
+        assert gb.post("/api/messages", json={"text": "after the pause"}).status_code == 201
 
 
 def test_an_embedded_store_that_keeps_dying_ends_serve_with_an_error(tmp_path: Path) -> None:

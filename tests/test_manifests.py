@@ -343,6 +343,9 @@ def test_leader_keeps_an_append_only_file_on_its_claim_with_one_replica_recreate
     assert leader["spec"]["strategy"] == {"type": "Recreate"}
     args = only_container(leader)["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
+    # Every acknowledged post on disk before its answer, through a crash of the process too
+    # (everysec loses the last seconds' posts: docs/reliability.md).
+    assert args[args.index("--appendfsync") + 1] == "always"
     data_dir = args[args.index("--dir") + 1]
     (mount,) = only_container(leader)["volumeMounts"]
     assert mount["mountPath"] == data_dir
@@ -416,7 +419,9 @@ def test_compose_runs_a_leader_two_followers_and_the_frontend_on_8080() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
     assert set(services) == {"redis-leader", "redis-follower-1", "redis-follower-2", "frontend"}
-    assert "--appendonly" in services["redis-leader"]["command"]
+    leader_command = services["redis-leader"]["command"]
+    assert leader_command[leader_command.index("--appendfsync") + 1] == "always"
+    assert "--appendonly" in leader_command
     for name in ("redis-follower-1", "redis-follower-2"):
         command = services[name]["command"]
         i = command.index("--replicaof")

@@ -142,8 +142,10 @@ def test_passwords_are_redacted_for_display() -> None:
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
 
 
-def test_flags_exist_for_every_guestbook_variable() -> None:
-    from guestbook.cli import FLAGS
+def test_flags_exist_for_every_guestbook_variable_but_the_passwords() -> None:
+    from pydantic import SecretStr
+
+    from guestbook.cli import ENV_ONLY, FLAGS
 
     documented = {
         "GUESTBOOK_HOST", "GUESTBOOK_PORT", "GUESTBOOK_REDIS_LEADER_URL",
@@ -152,9 +154,23 @@ def test_flags_exist_for_every_guestbook_variable() -> None:
         "GUESTBOOK_LOG_LEVEL", "GUESTBOOK_LOG_FORMAT", "GUESTBOOK_SHUTDOWN_DRAIN",
         "GUESTBOOK_SSE_HEARTBEAT", "GUESTBOOK_SSE_QUEUE", "GET_HOSTS_FROM",
         "GUESTBOOK_ADMIN_TOKEN", "GUESTBOOK_MODERATION", "GUESTBOOK_MAX_LINKS",
-        "GUESTBOOK_TRUSTED_PROXIES", "GUESTBOOK_INSTANCE",
+        "GUESTBOOK_TRUSTED_PROXIES", "GUESTBOOK_INSTANCE", "GUESTBOOK_SENTINELS",
+        "GUESTBOOK_SENTINEL_SERVICE", "GUESTBOOK_WORKERS",
     }  # fmt: skip
-    assert {env for env, _ in FLAGS.values()} == documented
+    flagged = {env for env, _ in FLAGS.values()}
+    assert flagged == documented
+    # Every variable the settings read has a flag, or is a password kept off the command line.
+    fields = Settings.model_fields.values()
+    read = {str(f.validation_alias) for f in fields if f.validation_alias is not None}
+    assert read == flagged | set(ENV_ONLY)
+    assert not flagged & set(ENV_ONLY)
+    secrets = {
+        str(f.validation_alias)
+        for f in fields
+        if SecretStr in getattr(f.annotation, "__args__", ())
+    }
+    assert set(ENV_ONLY) <= secrets
+    assert set(ENV_ONLY) == {"GUESTBOOK_SENTINEL_PASSWORD", "GUESTBOOK_REDIS_PASSWORD"}
 
 
 SECRET = "s3cret-pw"

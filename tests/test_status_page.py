@@ -1,17 +1,21 @@
 """The topology page, `GET /status`, in process against a real leader and two followers: it
 draws the leader, each follower with its lag, every frontend that is up with the one that served
 it marked, says where writes and reads go, runs no inline script or style, and is linked from
-the guestbook page's footer."""
+the guestbook page's footer. With Redis Sentinel (three real sentinels, tests/sentinels.py) it
+draws each sentinel too: whether it answers and whom it names leader."""
 
 from __future__ import annotations
 
+import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from conftest import Cluster, app_in_process
+from conftest import Cluster, app_in_process, base_env
+from sentinels import SENTINEL_PASSWORD, SERVICE, running_ha
 
 pytestmark = pytest.mark.anyio
 
@@ -143,3 +147,53 @@ async def test_the_guestbook_footer_links_to_the_status_page(cluster: Cluster) -
     footer = page.split('<footer class="instance">', 1)[1].split("</footer>", 1)[0]
     assert f'<strong id="instance">{INSTANCE}</strong>' in footer
     assert '<a href="/status">How this guestbook runs</a>' in footer
+
+
+async def test_a_follower_shows_its_byte_lag_and_when_it_last_heard_from_its_leader(
+    cluster: Cluster,
+) -> None:
+    async with app_in_process(env_for(cluster), INSTANCE) as (_, client):
+        text = (await client.get("/status", headers=HTML)).text
+
+    # The seconds are master_last_io_seconds_ago: contact with the leader, not a time lag.
+    assert len(re.findall(r"lag \d+ bytes · last heard \d+ s ago", text)) == 2
+    assert not re.search(r"bytes · \d+ s<", text)
+
+
+async def test_without_sentinels_the_page_draws_none(cluster: Cluster) -> None:
+    async with app_in_process(env_for(cluster), INSTANCE) as (_, client):
+        assert (await client.get("/api/status")).json()["sentinel"] is None
+        text = (await client.get("/status", headers=HTML)).text
+
+    assert parse(text).boxes("sentinel") == []
+    assert 'id="sentinels"' not in text
+    assert "Sentinel" not in text
+
+
+async def test_with_sentinels_the_page_draws_each_one_whether_it_answers_and_whom_it_names(
+    tmp_path: Path,
+) -> None:
+    with running_ha(tmp_path / "ha") as ha:
+        env = base_env(tmp_path, **ha.env(GUESTBOOK_RATE_LIMIT="0"))
+        async with app_in_process(env, INSTANCE) as (_, client):
+            leader = f"127.0.0.1:{ha.leader().port}"
+            page = await status_page(client)
+            [leader_box] = page.boxes("leader")
+            assert leader_box["data-url"].endswith(f"{leader}/0")
+            sentinels = page.boxes("sentinel")
+            assert [s["data-address"] for s in sentinels] == sorted(s.address for s in ha.sentinels)
+            assert not any("down" in s["class"].split() for s in sentinels)
+            text = (await client.get("/status", headers=HTML)).text
+            assert f'Sentinels · service <span id="sentinel-service">{SERVICE}</span>' in text
+            assert text.count(f"names {leader} leader") == 3
+
+            ha.sentinels[1].kill()
+            dead = ha.sentinels[1].address
+            page = await status_page(client)
+            text = (await client.get("/status", headers=HTML)).text
+
+    drawn = {s["data-address"]: "down" in s["class"].split() for s in page.boxes("sentinel")}
+    assert drawn == {s.address: s.address == dead for s in ha.sentinels}
+    assert text.count(f"names {leader} leader") == 2
+    assert "unreachable" in text
+    assert SENTINEL_PASSWORD not in text

@@ -72,10 +72,27 @@ FLAGS: dict[str, tuple[str, str]] = {
         "GUESTBOOK_SSE_QUEUE",
         "messages queued for one slow live client before it must reconnect (1000, min 500)",
     ),
+    "--sentinels": (
+        "GUESTBOOK_SENTINELS",
+        "Redis Sentinel addresses, host:port,...; when set they win over every other store setting",
+    ),
+    "--sentinel-service": (
+        "GUESTBOOK_SENTINEL_SERVICE",
+        "the service the sentinels monitor (guestbook)",
+    ),
+    "--workers": ("GUESTBOOK_WORKERS", "frontend worker processes sharing the port (1)"),
+}
+# Read from the environment only: a flag's value is on the command line, which every user of
+# the machine can read (`ps`, /proc/PID/cmdline). Set them in the environment or a Secret.
+ENV_ONLY = {
+    "GUESTBOOK_SENTINEL_PASSWORD": "the sentinels' password",
+    "GUESTBOOK_REDIS_PASSWORD": "the leader's and followers' password when sentinels name them",
 }
 # What finds and reaches the store: every command but `serve` needs these and only these,
 # plus what the command itself checks or waits for.
 STORE_FLAGS = (
+    "--sentinels",
+    "--sentinel-service",
     "--redis-leader-url",
     "--redis-follower-url",
     "--get-hosts-from",
@@ -88,7 +105,12 @@ ENV_FLAGS = {env: flag for flag, (env, _) in FLAGS.items()}
 
 
 def _add_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    group = parser.add_argument_group("configuration (each flag overrides its variable)")
+    group = parser.add_argument_group(
+        "configuration (each flag overrides its variable)",
+        "Passwords come from the environment only: "
+        + "; ".join(f"{env}, {what}" for env, what in ENV_ONLY.items())
+        + ".",
+    )
     for name in names:
         env, help_text = FLAGS[name]
         group.add_argument(name, dest=env, metavar="VALUE", help=f"{help_text} [{env}]")

@@ -1,6 +1,7 @@
 """The topology page, `GET /status`: the leader, each follower with its replication lag, every
-frontend that is up with its load (the one that served the page highlighted), and where writes
-and reads go.
+frontend that is up with its load (the one that served the page highlighted), where writes
+and reads go, and, with Redis Sentinel, each sentinel: whether it answers and whom it names
+leader.
 
 Rendered on the server from `AppState.status_dict()`, so it reads without JavaScript as a
 snapshot; `status.js` then polls `/api/status` and redraws it in place.

@@ -25,8 +25,34 @@
     if (!f.reachable) return "unreachable";
     if (f.lag_bytes === null || f.lag_bytes === undefined) return "lag unknown";
     let text = "lag " + f.lag_bytes + " bytes";
-    if (f.lag_seconds !== null && f.lag_seconds !== undefined) text += " · " + f.lag_seconds + " s";
+    // lag_seconds is Redis's master_last_io_seconds_ago: when the follower last heard from its
+    // leader, not how far behind it is (the bytes say that).
+    if (f.lag_seconds !== null && f.lag_seconds !== undefined) {
+      text += " · last heard " + f.lag_seconds + " s ago";
+    }
     return text;
+  }
+
+  function sentinelDetail(s) {
+    if (!s.reachable) return "unreachable";
+    return s.leader ? "names " + s.leader + " leader" : "answers, names no leader";
+  }
+
+  function sentinelBox(s) {
+    const li = box("sentinel" + (s.reachable ? "" : " down"), "Sentinel", s.address, sentinelDetail(s));
+    li.dataset.address = s.address;
+    return li;
+  }
+
+  // Drawn only where the page has a place for them: a frontend follows sentinels or not for
+  // its whole life, and the page as served says which.
+  function drawSentinels(sentinel) {
+    const list = document.getElementById("sentinels");
+    if (!list || !sentinel) return;
+    document.getElementById("sentinel-service").textContent = sentinel.service;
+    const boxes = sentinel.sentinels.map(sentinelBox);
+    if (boxes.length === 0) boxes.push(el("li", "box empty", "None configured."));
+    list.replaceChildren(...boxes);
   }
 
   function frontendBox(f) {
@@ -73,6 +99,7 @@
       followers.push(el("li", "box empty", "No followers: reads go to the leader."));
     }
     document.getElementById("followers").replaceChildren(...followers);
+    drawSentinels(status.sentinel);
 
     const count = status.message_count === null ? "Unknown number of" : status.message_count;
     document.getElementById("summary").textContent =
