@@ -30,9 +30,17 @@ import httpx
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from containers import (
+    CONTAINERS_CONF,
+    PROJECT_IMAGE,
+    ROOT,
+    podman,
+    require_podman_and_images,
+    valkey_cli,
+    wait_for,
+)
+
 BASE = ROOT / "deploy" / "kubernetes" / "base"
-CONTAINERS_CONF = ROOT / "scripts" / "ci" / "containers.conf"
 
 pytestmark = [
     pytest.mark.containers,
@@ -42,21 +50,6 @@ pytestmark = [
     pytest.mark.xdist_group("containers"),
     pytest.mark.timeout(600),
 ]
-
-
-def podman(
-    *args: str, check: bool = True, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.setdefault("CONTAINERS_CONF", str(CONTAINERS_CONF))
-    result = subprocess.run(
-        ["podman", *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"podman {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-        )
-    return result
 
 
 def deployment(name: str) -> dict[str, Any]:
@@ -78,26 +71,6 @@ def base_images() -> set[str]:
     for name in ("redis-leader", "redis-follower"):
         images.add(deployment(name)["spec"]["template"]["spec"]["containers"][0]["image"])
     return images
-
-
-def wait_for(what: str, probe: Any, timeout: float = 30.0, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except (httpx.HTTPError, AssertionError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
-def valkey_cli(container: str, *args: str, password: str = "") -> str:
-    auth = ["--no-auth-warning", "-a", password] if password else []
-    return podman("exec", container, "valkey-cli", *auth, *args, timeout=30).stdout
 
 
 @dataclass
@@ -227,16 +200,7 @@ class Topology:
 
 
 def require_podman_and_base_images() -> None:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (scripts/ci/install-container-tools.sh installs it)")
-    missing = sorted(
-        i for i in base_images() if podman("image", "exists", i, check=False).returncode
-    )
-    if missing:
-        # Under CI=true conftest turns this skip into a failure, like every missing tool.
-        pytest.skip(
-            f"base images not in local storage: {missing} (scripts/ci/build-standin-images.sh)"
-        )
+    require_podman_and_images(base_images())
 
 
 def new_topology(image: str, **kwargs: Any) -> Topology:
@@ -253,20 +217,16 @@ def new_topology(image: str, **kwargs: Any) -> Topology:
 @pytest.fixture(scope="session")
 def image() -> Iterator[str]:
     require_podman_and_base_images()
-    tag = f"localhost/guestbook-test:{uuid.uuid4().hex[:8]}"
-    yield tag
-    podman("rmi", "--force", tag, check=False)
+    # Shared with tests/test_containers_ha.py: built once, by whichever module needs it first.
+    yield PROJECT_IMAGE.acquire()
+    PROJECT_IMAGE.release()
 
 
 def build(tag: str) -> float:
-    started = time.monotonic()
-    # --network host for the RUN steps only: the default podman network here does not
-    # reach the machine's DNS resolver, and uv must fetch the build backend.
-    podman(
-        "build", "--pull=never", "--network", "host", "--format", "docker",
-        "--tag", tag, str(ROOT),
-    )  # fmt: skip
-    return time.monotonic() - started
+    """Seconds the build took (in whichever module built it first)."""
+    assert tag == PROJECT_IMAGE.tag
+    PROJECT_IMAGE.build()
+    return PROJECT_IMAGE.build_seconds
 
 
 @pytest.fixture(scope="session")

@@ -383,9 +383,7 @@ async def test_posts_answer_503_within_two_seconds_while_every_store_server_hang
 
 def error_lines(frontend: Frontend) -> str:
     """The frontend's log lines at error level: what a failing assertion should show."""
-    return "\n".join(
-        line for line in frontend.logs().splitlines() if '"level": "error"' in line
-    )
+    return "\n".join(line for line in frontend.logs().splitlines() if '"level": "error"' in line)
 
 
 async def kill_leader_under_writes(

@@ -548,7 +548,15 @@ class MessageStore:
     ) -> T:
         try:
             async with asyncio.timeout(self.timeout + extra):
-                result = await op(server.blocking if extra else server.client)
+                try:
+                    result = await op(server.blocking if extra else server.client)
+                except RuntimeError as exc:
+                    # uvloop refuses a write on a transport the server has just closed (a
+                    # leader killed or restarting while redis-py reconnects) with a
+                    # RuntimeError that redis-py passes on: a connection lost, not a bug.
+                    if "handler is closed" not in str(exc):
+                        raise
+                    raise RedisConnectionError(str(exc)) from exc
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
