@@ -200,3 +200,159 @@ async def test_the_stream_starts_alike_on_the_fast_path_and_through_the_framewor
     assert [line for line in fast.decode().splitlines() if line.startswith("id: ")] == [
         f"id: {m['id']}" for m in messages[2:]
     ]
+
+
+# --- the JSON post -----------------------------------------------------------------------------
+
+# Every answer compared is asked for with the same request id, so that header is alike too.
+REQUEST_ID = "fastpath-post-parity"
+FRAMEWORK = "/api/messages?via=framework"  # a parameter the fast path leaves to the route
+
+
+def answer(response: httpx.Response, *volatile: str) -> tuple[int, list[tuple[str, str]], str]:
+    """Status, every header in order, and body, with what must differ between two posts (the
+    new message's id and time, the texts that had to differ to be two posts) made alike."""
+
+    def same(value: str) -> str:
+        for word in volatile:
+            value = value.replace(word, "<volatile>")
+        return value
+
+    headers = [(name, same(value)) for name, value in response.headers.multi_items()]
+    return response.status_code, headers, same(response.text)
+
+
+async def both(
+    client: httpx.AsyncClient, volatile: tuple[str, ...] = (), **request: Any
+) -> tuple[httpx.Response, httpx.Response]:
+    """The same post through the fast path and through the framework, each from a client
+    without cookies (a held post's cookie lists the poster's earlier held posts)."""
+    headers = {"x-request-id": REQUEST_ID, **request.pop("headers", {})}
+    client.cookies.clear()
+    fast = await client.post("/api/messages", headers=headers, **request)
+    client.cookies.clear()
+    slow = await client.post(FRAMEWORK, headers=headers, **request)
+    return fast, slow
+
+
+def message_parts(response: httpx.Response) -> tuple[str, ...]:
+    body = response.json()
+    return (body["id"], body["created_at"], body["text"]) if "id" in body else ()
+
+
+async def test_a_good_post_is_answered_alike_on_the_fast_path_and_through_the_framework(
+    app: tuple[GuestbookApp, httpx.AsyncClient],
+) -> None:
+    _, client = app
+    headers = {"x-request-id": REQUEST_ID}
+    # Two texts: the same text twice from one client would be held as a duplicate.
+    fast = await client.post("/api/messages", json={"text": "hello, fast"}, headers=headers)
+    slow = await client.post(FRAMEWORK, json={"text": "hello, slow"}, headers=headers)
+    assert fast.status_code == slow.status_code == 201
+    assert answer(fast, *message_parts(fast)) == answer(slow, *message_parts(slow))
+    for response, text in ((fast, "hello, fast"), (slow, "hello, slow")):
+        assert response.json()["text"] == text
+        assert f"gb_wrote={response.json()['id']}" in response.headers["set-cookie"]
+        assert response.headers["x-request-id"] == REQUEST_ID
+        assert "content-security-policy" in response.headers
+    listed = (await client.get("/api/messages")).json()["messages"]
+    assert [m["text"] for m in listed[:2]] == ["hello, slow", "hello, fast"]
+
+
+@pytest.mark.parametrize(
+    ("request_kw", "status"),
+    [
+        ({"json": {"text": "x" * 501}}, 422),
+        ({"json": {"text": ""}}, 422),
+        ({"json": {"text": " \n\t "}}, 422),
+        ({"json": {"text": "bell \x07"}}, 422),
+        ({"json": {"txt": "hello"}}, 422),
+        ({"json": ["hello"]}, 422),
+        ({"json": {"text": "hello", "website": 3}}, 422),
+        ({"content": b'{"text": "hello"', "headers": {"content-type": "application/json"}}, 400),
+        ({"content": b'{"text": "\xff"}', "headers": {"content-type": "application/json"}}, 400),
+        ({"content": b'{"text": "hello"}', "headers": {"content-type": "text/plain"}}, 415),
+        ({"data": {"text": "hello"}}, 415),
+        ({"content": b"x" * (17 * 1024), "headers": {"content-type": "application/json"}}, 413),
+        ({"json": {"text": "hello"}, "headers": {"idempotency-key": ""}}, 400),
+        ({"json": {"text": "hello"}, "headers": {"idempotency-key": "k" * 256}}, 400),
+    ],
+    ids=[
+        "too-long",
+        "empty",
+        "white-space",
+        "control-character",
+        "unknown-field",
+        "not-an-object",
+        "honeypot-not-a-string",
+        "bad-json",
+        "not-utf8",
+        "wrong-content-type",
+        "a-form",
+        "too-large",
+        "empty-idempotency-key",
+        "long-idempotency-key",
+    ],
+)
+async def test_a_refused_post_is_answered_alike_on_the_fast_path_and_through_the_framework(
+    app: tuple[GuestbookApp, httpx.AsyncClient], request_kw: dict[str, Any], status: int
+) -> None:
+    _, client = app
+    fast, slow = await both(client, **request_kw)
+    assert fast.status_code == status, fast.text
+    assert answer(fast) == answer(slow)
+    assert fast.headers["content-type"] == "application/problem+json"
+    assert (await client.get("/api/messages")).json()["messages"] == []
+
+
+async def test_a_held_post_is_answered_alike_on_the_fast_path_and_through_the_framework(
+    app: tuple[GuestbookApp, httpx.AsyncClient],
+) -> None:
+    _, client = app
+    fast, slow = await both(client, json={"text": "buy now", "website": "http://spam.test"})
+    assert fast.status_code == 202
+    assert fast.json()["status"] == "held"
+    assert answer(fast, *message_parts(fast)[:2]) == answer(slow, *message_parts(slow)[:2])
+    assert f"gb_held={fast.json()['id']}" in fast.headers["set-cookie"]
+    assert (await client.get("/api/messages")).json()["messages"] == []
+
+
+async def test_an_idempotent_replay_and_conflict_are_answered_alike_on_both_paths(
+    app: tuple[GuestbookApp, httpx.AsyncClient],
+) -> None:
+    _, client = app
+    key = {"idempotency-key": "order-42"}
+    first = await client.post("/api/messages", json={"text": "once"}, headers=key)
+    assert first.status_code == 201
+    fast, slow = await both(client, json={"text": "once"}, headers=key)
+    assert fast.json() == first.json()
+    assert answer(fast) == answer(slow)
+    fast, slow = await both(client, json={"text": "twice"}, headers=key)
+    assert fast.status_code == 422
+    assert answer(fast) == answer(slow)
+    assert [m["text"] for m in (await client.get("/api/messages")).json()["messages"]] == ["once"]
+
+
+async def test_a_rate_limited_post_is_answered_alike_on_both_paths(cluster: Cluster) -> None:
+    env = {"GUESTBOOK_REDIS_LEADER_URL": cluster.leader.url, "GUESTBOOK_RATE_LIMIT": "2"}
+    async with app_in_process(env) as (_, client):
+        for text in ("one", "two"):
+            assert (await client.post("/api/messages", json={"text": text})).status_code == 201
+        fast, slow = await both(client, json={"text": "three"})
+    assert fast.status_code == 429
+    # The wait is counted in whole seconds from each request: one may fall a second later.
+    wait = (fast.headers["retry-after"], slow.headers["retry-after"])
+    assert answer(fast, *wait) == answer(slow, *wait)
+
+
+async def test_fast_posts_are_counted_under_the_post_route(
+    app: tuple[GuestbookApp, httpx.AsyncClient],
+) -> None:
+    _, client = app
+    assert (await client.post("/api/messages", json={"text": "counted"})).status_code == 201
+    assert (await client.post("/api/messages", content=b"{")).status_code == 415
+    scrape = (await client.get("/metrics")).text
+    for status in ("201", "415"):
+        sample = f'{{method="POST",route="/api/messages",status="{status}"}} 1.0'
+        assert f"guestbook_http_requests_total{sample}" in scrape
+    assert "guestbook_messages_posted_total 1.0" in scrape

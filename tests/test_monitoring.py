@@ -15,16 +15,28 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Cluster, Frontend, MakeFrontend, posted, wait_until
+from conftest import (
+    Cluster,
+    Frontend,
+    MakeFrontend,
+    RedisServer,
+    app_in_process,
+    posted,
+    wait_until,
+)
 from test_manifests import KUBE, PRODUCTION, require
 
 MONITORING = KUBE / "components" / "monitoring"
@@ -349,3 +361,84 @@ def test_a_killed_follower_scrapes_as_down_with_no_lag_and_counts_store_errors(
     assert found["guestbook_ready"] == [({}, 1.0)]
     errors = found["guestbook_store_errors_total"]
     assert sum(value for _, value in errors) >= 1
+
+
+# --- readiness: the gauge and the probe ------------------------------------------------------
+
+# A store restarted on this many keys, each read back in 3 ms, answers LOADING for 6 s or more while
+# INFO already answers: the state where a gauge that read INFO said ready and the probe did not.
+FILLER_KEYS = 2000
+SLOW_LOAD = ("--key-load-delay", "3000", "--loading-process-events-interval-bytes", "1024")
+
+
+async def readiness_seen(client: httpx.AsyncClient) -> tuple[int, float]:
+    """What /readyz answers and what the gauge says, asked one right after the other."""
+    answer = await client.get("/readyz")
+    gauge = samples((await client.get("/metrics")).text)["guestbook_ready"]
+    assert len(gauge) == 1
+    return answer.status_code, gauge[0][1]
+
+
+def loading(server: RedisServer) -> bool:
+    """The server answers INFO and is still reading its data back."""
+    try:
+        return bool(int(server.client().info("persistence")["loading"]))
+    except redis.RedisError:
+        return False
+
+
+def with_filler(server: RedisServer) -> None:
+    """FILLER_KEYS keys in the server's base file, which a restart reads back key by key."""
+    client = server.client()
+    client.mset({f"filler:{i}": "x" for i in range(FILLER_KEYS)})
+    client.bgrewriteaof()
+
+    def rewritten() -> bool:
+        info = client.info("persistence")
+        return not int(info["aof_rewrite_in_progress"]) and not int(info["aof_rewrite_scheduled"])
+
+    wait_until(rewritten, timeout=15)
+
+
+@pytest.mark.anyio
+async def test_the_ready_gauge_says_what_readyz_answers_up_killed_loading_and_stopping(
+    tmp_path: Path,
+) -> None:
+    leader = RedisServer(tmp_path / "leader", extra_args=SLOW_LOAD).start()
+    restart: threading.Thread | None = None
+    try:
+        with_filler(leader)
+        env = {"GUESTBOOK_REDIS_LEADER_URL": leader.url, "GUESTBOOK_RATE_LIMIT": "0"}
+        async with app_in_process(env) as (app, client):
+            assert await readiness_seen(client) == (200, 1.0)
+
+            leader.kill()
+            # Killed: refused at once, whether or not the feed reader has noticed yet.
+            assert await readiness_seen(client) == (503, 0.0)
+
+            # Started again, reading its data back: INFO answers, PING says LOADING.
+            restart = threading.Thread(target=leader.start, name="leader-restart")
+            restart.start()
+            await anyio.to_thread.run_sync(lambda: wait_until(lambda: loading(leader)))
+            asked = time.monotonic()
+            seen = await readiness_seen(client)
+            took = time.monotonic() - asked
+            still_loading = await anyio.to_thread.run_sync(loading, leader)
+            print(
+                f"loading: /readyz, gauge = {seen} in {took:.2f} s; still loading: {still_loading}"
+            )
+            assert still_loading, "the load ended before both were asked; raise FILLER_KEYS"
+            assert seen == (503, 0.0)
+
+            await anyio.to_thread.run_sync(restart.join, 30)
+            with anyio.fail_after(10):  # a pooled connection to the old process is replaced
+                while (await client.get("/readyz")).status_code != 200:
+                    await anyio.sleep(0.05)
+            assert await readiness_seen(client) == (200, 1.0)
+
+            app.state.guestbook.shutting_down.set()
+            assert await readiness_seen(client) == (503, 0.0)
+    finally:
+        if restart is not None:
+            restart.join(30)
+        leader.kill()

@@ -20,8 +20,10 @@ from starlette.requests import Request
 
 from guestbook.api import TEXT_PATTERN
 from guestbook.app import create_app
+from guestbook.bodies import BODY_TIMEOUT, MAX_READERS
 from guestbook.errors import GuestbookError, InvalidMessage
 from guestbook.messages import ID_PATTERN, clean_text, is_id
+from guestbook.middleware import MAX_HEADERS, MAX_TARGET
 from guestbook.posting import IDEMPOTENCY_KEY_PATTERN, idempotency_key
 from guestbook.settings import Settings, discover
 
@@ -29,6 +31,10 @@ PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 LEGACY_ERROR = {"$ref": "#/components/schemas/LegacyError"}
 LEGACY = ("/guestbook.php", "/guestbook")
+# What the connection limits answer before a route runs: on every request, and where a body is
+# read (bodies.py, middleware.py).
+SIZE_LIMITS = ("414", "431")
+BODY_LIMITS = ("408", "503")
 MODERATION = (
     ("delete", "/api/messages/{message_id}"),
     ("get", "/api/moderation/queue"),
@@ -198,7 +204,7 @@ def test_every_error_answer_is_a_documented_problem(doc: dict[str, Any]) -> None
             content = response["content"]
             if path in LEGACY:
                 assert content == {"application/json": {"schema": LEGACY_ERROR}}, (path, status)
-            elif path == "/readyz":
+            elif path == "/readyz" and status == "503":
                 assert set(content) == {"text/plain"}
             else:
                 assert content["application/problem+json"] == {"schema": PROBLEM}, (path, status)
@@ -220,13 +226,13 @@ def test_retry_after_is_documented_on_every_503_and_429(doc: dict[str, Any]) -> 
 
 def test_readiness_documents_its_503(doc: dict[str, Any]) -> None:
     responses = doc["paths"]["/readyz"]["get"]["responses"]
-    assert set(responses) == {"200", "503"}
+    assert set(responses) == {"200", "503", *SIZE_LIMITS}
 
 
 def test_the_post_documents_every_answer_and_the_idempotency_key(doc: dict[str, Any]) -> None:
     operation = doc["paths"]["/api/messages"]["post"]
 
-    statuses = {"201", "202", "400", "413", "415", "422", "429", "503"}
+    statuses = {"201", "202", "400", "413", "415", "422", "429", "503", *BODY_LIMITS, *SIZE_LIMITS}
     assert set(operation["responses"]) == statuses
     (header,) = operation["parameters"]
     assert header["name"] == "Idempotency-Key"
@@ -235,8 +241,9 @@ def test_the_post_documents_every_answer_and_the_idempotency_key(doc: dict[str, 
     assert header["schema"]["pattern"] == IDEMPOTENCY_KEY_PATTERN
 
 
-def test_the_list_documents_400_and_503_only_as_errors(doc: dict[str, Any]) -> None:
-    assert set(doc["paths"]["/api/messages"]["get"]["responses"]) == {"200", "400", "503"}
+def test_the_list_documents_400_503_and_the_size_limits_only_as_errors(doc: dict[str, Any]) -> None:
+    responses = doc["paths"]["/api/messages"]["get"]["responses"]
+    assert set(responses) == {"200", "400", "503", *SIZE_LIMITS}
 
 
 def test_the_live_stream_documents_each_event(doc: dict[str, Any]) -> None:
@@ -252,7 +259,7 @@ def test_the_live_stream_documents_each_event(doc: dict[str, Any]) -> None:
     assert message["properties"]["data"]["contentSchema"] == {
         "$ref": "#/components/schemas/MessageOut"
     }
-    assert set(responses) == {"200", "400"}
+    assert set(responses) == {"200", "400", *SIZE_LIMITS}
 
 
 def test_optional_parameters_are_strings_never_null(doc: dict[str, Any]) -> None:
@@ -280,6 +287,53 @@ def test_the_moderation_api_documents_its_guards_and_missing_ids(doc: dict[str, 
 def test_the_legacy_api_documents_its_400_and_422_rules(doc: dict[str, Any]) -> None:
     for path in LEGACY:
         responses = doc["paths"][path]["get"]["responses"]
-        assert set(responses) == {"200", "400", "422", "429", "503"}
+        assert set(responses) == {"200", "400", "422", "429", "503", *SIZE_LIMITS}
         assert "cmd" in responses["400"]["description"]
         assert "last entry" in responses["422"]["description"]
+
+
+# --- the connection limits' answers ------------------------------------------------------------
+
+
+def test_every_operation_documents_the_414_and_431_of_the_size_limits(
+    doc: dict[str, Any],
+) -> None:
+    for method, path, operation in operations(doc):
+        responses = operation["responses"]
+        assert set(SIZE_LIMITS) <= set(responses), (method, path)
+        assert f"{MAX_TARGET // 1024} KiB" in responses["414"]["description"]
+        assert f"{MAX_HEADERS // 1024} KiB" in responses["431"]["description"]
+
+
+def test_every_operation_that_reads_a_body_documents_the_408_and_the_503_of_the_body_limits(
+    doc: dict[str, Any],
+) -> None:
+    with_body = [(m, p, o) for m, p, o in operations(doc) if "requestBody" in o]
+    assert {(m, p) for m, p, _ in with_body} >= {
+        ("post", "/api/messages"),
+        ("delete", "/api/messages/{message_id}"),
+        ("post", "/api/moderation/queue/{held_id}/reject"),
+    }
+    for method, path, operation in with_body:
+        responses = operation["responses"]
+        assert f"{BODY_TIMEOUT:g} s" in responses["408"]["description"], (method, path)
+        busy = responses["503"]
+        assert f"More than {MAX_READERS} request bodies" in busy["description"], (method, path)
+        assert "Retry-After" in busy["headers"]
+
+
+def test_operations_that_read_no_body_document_no_body_limit(doc: dict[str, Any]) -> None:
+    for method, path, operation in operations(doc):
+        if "requestBody" not in operation:
+            assert "408" not in operation["responses"], (method, path)
+            busy = operation["responses"].get("503", {}).get("description", "")
+            assert "request bodies" not in busy, (method, path)
+
+
+def test_the_legacy_api_documents_the_size_limits_in_its_own_error_shape(
+    doc: dict[str, Any],
+) -> None:
+    for path in LEGACY:
+        responses = doc["paths"][path]["get"]["responses"]
+        for status in SIZE_LIMITS:
+            assert responses[status]["content"] == {"application/json": {"schema": LEGACY_ERROR}}

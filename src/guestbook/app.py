@@ -46,10 +46,11 @@ from .store import open_store
 
 log = logging.getLogger("guestbook")
 
-# The reads the fast path answers in front of the framework, each with the function its route
-# also calls.
+# The requests the fast path answers in front of the framework (the reads, and the JSON post),
+# each with the function its route also calls.
 FAST_HANDLERS: dict[tuple[str, str], Handler] = {
     ("GET", "/api/messages"): api.fast_messages,
+    ("POST", "/api/messages"): api.fast_post,
     ("GET", "/"): pages.fast_page,
     ("GET", "/guestbook.php"): legacy.fast_get,
     ("GET", "/guestbook"): legacy.fast_get,

@@ -6,6 +6,10 @@ deadline for bodies: without one, requests that promise 10,000 bytes and send 10
 good. So a body must arrive whole within `BODY_TIMEOUT` (408 otherwise), and at most
 `MAX_READERS` bodies are read at once (503 beyond, at once): the most this costs is bounded,
 and a request without a body (every read, every probe) is never among those waiting.
+
+A body granian cannot parse (a bad chunk) reaches the app as a disconnect, like a client that
+left: the connection's state in the kernel (`peers.py`) tells a client still waiting, answered
+400, from one gone, answered 499 (logged at info, never a 5xx).
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .errors import Refused
+from .peers import still_connected
 
 MAX_BODY = 16 * 1024
 # 16 KiB in 10 s is 1.6 KB/s: any client that means to send its body does.
 BODY_TIMEOUT = 10.0
 MAX_READERS = 1024
+MALFORMED = "The body could not be read: its chunked encoding is malformed."
 
 _reading = 0
 
@@ -66,6 +72,12 @@ async def read_body(request: Request) -> bytes:
             raise Refused(
                 408, f"The body did not arrive within {BODY_TIMEOUT:g} s.", {"Connection": "close"}
             ) from None
+        except ClientDisconnect:
+            # granian says "disconnect" for a body it could not parse as well as for a client
+            # that left: one whose connection is still up is waiting for an answer.
+            if still_connected(request.scope):
+                raise Refused(400, MALFORMED, {"Connection": "close"}) from None
+            raise
     return b"".join(chunks)
 
 

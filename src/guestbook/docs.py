@@ -21,8 +21,16 @@ from starlette.responses import HTMLResponse, Response
 
 from .api import new_message_schema
 from .assets import STATIC, Assets
+from .bodies import BODY_TIMEOUT, MAX_READERS
+from .middleware import MAX_HEADERS, MAX_TARGET
 from .moderation_api import BEARER_SCHEME
-from .problems import LEGACY_ERROR_SCHEMA, PROBLEM_SCHEMA
+from .problems import (
+    LEGACY_ERROR_SCHEMA,
+    LEGACY_PATHS,
+    PROBLEM_SCHEMA,
+    documented_legacy_errors,
+    documented_problems,
+)
 from .settings import Settings
 
 router = APIRouter(include_in_schema=False)
@@ -88,6 +96,40 @@ def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
     return {**kept[0], **rest}
 
 
+# What the connection limits answer, before any route runs: on every operation the middleware's
+# size limits, and where a body is read, its deadline and the bound on bodies read at once.
+_ANY_REQUEST = {
+    414: f"The address (path and query) is over {MAX_TARGET // 1024} KiB.",
+    431: f"The request's headers are over {MAX_HEADERS // 1024} KiB.",
+}
+_BODY_TOO_SLOW = (
+    f"The body did not arrive whole within {BODY_TIMEOUT:g} s; the connection is closed after "
+    "this answer."
+)
+_TOO_MANY_BODIES = (
+    f"More than {MAX_READERS} request bodies are being read at once by this frontend: try "
+    "again after Retry-After."
+)
+
+
+def _add_limit_answers(path: str, operation: dict[str, Any]) -> None:
+    """The connection limits' answers on `operation`, in the shape its path answers errors in;
+    a 503 the route documents already gains the limit's reason beside its own."""
+    document = documented_legacy_errors if path in LEGACY_PATHS else documented_problems
+    why: dict[int, str] = dict(_ANY_REQUEST)
+    if "requestBody" in operation:
+        why[408] = _BODY_TOO_SLOW
+        why[503] = _TOO_MANY_BODIES
+    responses = operation["responses"]
+    for status, answer in document(why).items():
+        known = responses.get(str(status))
+        if known is None:
+            responses[str(status)] = answer
+        else:
+            known["description"] = f"{known['description']}\n\nAlso: {why[int(status)]}"
+    operation["responses"] = dict(sorted(responses.items()))
+
+
 def openapi_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     """The document `/openapi.json` serves, for `app` as configured by `settings`."""
     document = get_openapi(
@@ -107,6 +149,9 @@ def openapi_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
             framework = responses.get("422", {}).get("content", {}).get("application/json", {})
             if framework.get("schema", {}).get("$ref") == _FRAMEWORK_422:
                 del responses["422"]
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            _add_limit_answers(path, operation)
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas.pop("HTTPValidationError", None)

@@ -1,13 +1,14 @@
-"""The fast path: a dispatch table `(method, path) → handler` in front of FastAPI, for the reads
-that are most of a guestbook's traffic (the page, a page of the API, the legacy `get`, the live
-stream).
+"""The fast path: a dispatch table `(method, path) → handler` in front of FastAPI, for the
+requests that are most of a guestbook's traffic: the reads (the page, a page of the API, the
+legacy `get`, the live stream) and the JSON post, whose cost beside a store append was mostly
+the framework's routing.
 
 A handler takes Starlette's own `Request` (its `QueryParams`, `Headers` and cookie parser: no
 parsing by hand here) and answers with the same function its FastAPI route calls, so both
-paths answer alike byte for byte; or it answers None, having sent nothing, for a request it
-leaves to the route (unknown or malformed parameters, which the route explains). The real
-route is put on the scope, so metrics and logs name it as the framework would. An error is
-answered through `problems`, the one mapping every path uses.
+paths answer alike byte for byte; or it answers None, having sent nothing and read no body,
+for a request it leaves to the route (unknown or malformed parameters, which the route
+explains). The real route is put on the scope, so metrics and logs name it as the framework
+would. An error is answered through `problems`, the one mapping every path uses.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ Handler = Callable[[Request, AppState], Awaitable[Response | None]]
 class FastPath:
     def __init__(self, app: FastAPI, handlers: Mapping[tuple[str, str], Handler]) -> None:
         self.app: ASGIApp = app
-        routes: dict[str, BaseRoute] = {}
+        # Each handler beside the route that serves its method and path (GET and POST
+        # /api/messages are two routes), for metrics and logs.
+        routes: dict[tuple[str, str], BaseRoute] = {}
         for route in all_routes(app.router.routes):
-            routes.setdefault(route.path, route)
-        self._table = {key: (handler, routes[key[1]]) for key, handler in handlers.items()}
+            for method in route.methods or ():
+                routes.setdefault((method, route.path), route)
+        self._table = {key: (handler, routes[key]) for key, handler in handlers.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -42,12 +46,15 @@ class FastPath:
             if entry is not None and state is not None:
                 handler, route = entry
                 request = Request(scope, receive)
+                # Named before the handler runs, so that what escapes it (a client that left,
+                # answered by the middleware) is counted under its route too; a handler that
+                # leaves the request to the framework has it named again there.
+                scope["route"] = route
                 try:
                     response = await handler(request, state)
                 except GuestbookError as exc:
                     response = answer_error(exc, request.method, scope["path"], request.headers)
                 if response is not None:
-                    scope["route"] = route
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .readiness import not_ready
+
 if TYPE_CHECKING:
     from .state import AppState
 
@@ -111,9 +113,8 @@ class Metrics:
                 self.replication_lag.labels(follower.url).set(follower.lag_bytes)
             if follower.lag_seconds is not None:
                 self.replication_contact.labels(follower.url).set(follower.lag_seconds)
-        # The same rule as /readyz: serving from the live head counts as ready on its own.
-        readable = state.feed.live or status.readable
-        self.ready.set(readable and not state.shutting_down.is_set())
+        # The rule /readyz answers, asked the same way at the same moment.
+        self.ready.set(await not_ready(state) is None)
 
     def observe_store_call(self, operation: str, role: str, error: str | None) -> None:
         if error is None:
