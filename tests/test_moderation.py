@@ -98,13 +98,17 @@ async def test_a_removal_writes_a_removal_record_and_an_audit_entry_with_the_tex
 
 
 async def test_a_removed_message_leaves_pages_the_legacy_view_resumes_and_exports(
-    store: MessageStore,
+    cluster: Cluster, store: MessageStore
 ) -> None:
     first = await store.append("first")
     spam = await store.append("spam")
     last = await store.append("last")
 
     await moderation.remove(store, spam.id, by=CLI_ACTOR)
+    # The reads below go to a follower: each must have the removal first (this test is
+    # about what a removal leaves, not how fast followers replicate it).
+    for follower in cluster.followers:
+        wait_until(lambda f=follower: f.client().xlen("guestbook:messages") == 2)
 
     page = await store.page(10, must_include=last.id)
     assert [m.text for m in page.messages] == ["last", "first"]

@@ -105,6 +105,9 @@ def test_sigterm_to_the_parent_stops_every_worker_and_the_store(
 ) -> None:
     frontend = make_frontend(GUESTBOOK_WORKERS="2", GUESTBOOK_SHUTDOWN_DRAIN="0")
     wait_until(lambda: len(workers_of(frontend)) == 2)
+    # Both serving, not merely started: a worker still starting up has no SIGTERM handler
+    # yet and would be stopped without its last line.
+    wait_until(lambda: frontend.logs().count('"event": "listening on') == 2)
     started = workers_of(frontend) + stores_of(frontend)
     assert len(started) == 3
 
