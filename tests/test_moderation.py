@@ -195,14 +195,21 @@ async def test_removed_since_names_removals_recorded_after_the_resume_point_of_o
 
 
 async def test_removals_after_lists_the_records_newer_than_a_record_and_the_head_is_the_last(
-    store: MessageStore,
+    cluster: Cluster, store: MessageStore
 ) -> None:
+    def followers_hold(records: int) -> None:
+        # The reads go to a follower: each must have the removal records first.
+        for follower in cluster.followers:
+            wait_until(lambda f=follower: f.client().xlen("guestbook:removed") == records)
+
     assert await store.removal_head() == "0-0"
     one = await store.append("one")
     two = await store.append("two")
     await moderation.remove(store, one.id, by="alice")
+    followers_hold(1)
     head = await store.removal_head()
     await moderation.remove(store, two.id, by="alice")
+    followers_hold(2)
 
     after = await store.removals_after(head)
     everything = await store.removals_after("0-0")
