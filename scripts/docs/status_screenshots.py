@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,21 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from chromium import CHROMIUM_ARGS, default_chromium
 from playwright.sync_api import Page, expect, sync_playwright
 
 from guestbook.embedded import server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # A ReplicaSet's pod names: the Deployment's name, the pod template's hash, a random suffix.
 TEMPLATE_HASH = "7d4b9c8f6d"
 SUFFIXES = ["x2kqp", "m8vzt", "c4jrn", "h7wfd", "p9slb"]
@@ -143,7 +134,7 @@ def shows(page: Page, count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
-    parser.add_argument("--chromium", default=shutil.which("chromium"))
+    parser.add_argument("--chromium", default=default_chromium())
     args = parser.parse_args()
     if not args.chromium:
         raise SystemExit("no Chromium found (Debian: apt-get install chromium)")

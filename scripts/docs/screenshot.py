@@ -4,7 +4,7 @@ Starts `guestbook serve` on the embedded store in a temporary data dir on a free
 imports a handful of messages written at different times, posts one more from the page itself
 (so it arrives the JavaScript way), and saves the page.
 
-    uv run python scripts/screenshot.py [--out docs/screenshot.png] [--chromium PATH]
+    uv run python scripts/docs/screenshot.py [--out docs/screenshot.png] [--chromium PATH]
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,19 +22,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from chromium import CHROMIUM_ARGS, default_chromium
 from playwright.sync_api import expect, sync_playwright
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 MESSAGES = [
     (timedelta(days=3, hours=2), "First! Signing the guestbook from the tutorial cluster."),
     (timedelta(hours=26), "Scaled the frontend to 5 replicas; the footer changes on refresh."),
@@ -57,8 +48,10 @@ def free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    parser.add_argument("--chromium", default=default_chromium())
     args = parser.parse_args()
+    if not args.chromium:
+        raise SystemExit("no Chromium found (Debian: apt-get install chromium)")
 
     with tempfile.TemporaryDirectory(prefix="gb-screenshot-") as tmp:
         port = free_port()
