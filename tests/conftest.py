@@ -68,6 +68,19 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02)
     raise AssertionError(f"condition not met within {timeout} s: {predicate}")
 
 
+def store_args(workdir: Path) -> list[str]:
+    """The options every test store runs with: as durable as the production leaders
+    (appendfsync always), no snapshots, a follower synced at once, its log in WORKDIR."""
+    return [
+        "--dir", str(workdir),
+        "--appendonly", "yes",
+        "--appendfsync", "always",
+        "--save", "",
+        "--repl-diskless-sync-delay", "0",
+        "--logfile", str(workdir / "server.log"),
+    ]  # fmt: skip
+
+
 @dataclass
 class RedisServer:
     """A real Valkey process; kill, hang (SIGSTOP), resume and restart it to cause faults."""
@@ -89,15 +102,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = [
-            str(server_binary()),
-            "--port", str(self.port),
-            "--bind", HOST,
-            "--dir", str(self.workdir),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--repl-diskless-sync-delay", "0",
-            "--logfile", str(self.workdir / "server.log"),
+            str(server_binary()), "--port", str(self.port), "--bind", HOST,
+            *store_args(self.workdir),
         ]  # fmt: skip
         if self.replica_of is not None:
             args += ["--replicaof", HOST, str(self.replica_of.port)]

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import redis
 
-from conftest import base_env, wait_until
+from conftest import base_env, store_args, wait_until
 from guestbook.embedded import server_binary
 
 NS_PREFIX = "gbt-"
@@ -273,12 +273,7 @@ class NetnsRedis:
             "--bind", self.address, "127.0.0.1",
             # Without a password Valkey answers only its loopback; this bridge is the test's own.
             "--protected-mode", "no",
-            "--dir", str(self.workdir),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--repl-diskless-sync-delay", "0",
-            "--logfile", str(self.workdir / "server.log"),
+            *store_args(self.workdir),
             *self.extra_args,
         ]  # fmt: skip
         if self.replica_of is not None:
