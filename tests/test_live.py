@@ -423,6 +423,43 @@ def test_a_disconnected_client_is_dropped(
     wait_until(lambda: metric(shared_frontend, "guestbook_live_clients ") == baseline)
 
 
+def resident_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_connected_client_holds_no_copy_of_the_feed_memory(
+    cluster: Cluster, make_frontend: MakeFrontend, streams: Callable[..., Stream]
+) -> None:
+    # The feed keeps the newest 10,000 messages; a reference to each, held per client for as
+    # long as it stays connected, would cost every client 80 KB. A client costs about 20 KB
+    # in all (most of it the HTTP server's own), so 50 KB each leaves room for noise and none
+    # for the copy.
+    leader = cluster.leader.client()
+    pipe = leader.pipeline(transaction=False)
+    for i in range(10_000):
+        pipe.xadd(STREAM, {"t": f"kept {i}"})
+    head = str(pipe.execute()[-1])
+    frontend = make_frontend(cluster)
+    assert frontend.process is not None
+    wait_until(lambda: newest_id(frontend) == head, timeout=30)
+    # One-time costs (the first encodings, the sweeper, buffers) go into the baseline.
+    warm = [streams(frontend, f"?after={head}", read=False) for _ in range(20)]
+    wait_until(lambda: live_clients(frontend) == len(warm), timeout=30)
+    before = resident_kb(frontend.process.pid)
+
+    clients = 200
+    for _ in range(clients):
+        streams(frontend, f"?after={head}", read=False)
+    wait_until(lambda: live_clients(frontend) == len(warm) + clients, timeout=30)
+
+    per_client = (resident_kb(frontend.process.pid) - before) / clients
+    assert per_client < 50, f"{per_client:.1f} KB of resident memory per live client"
+
+
 def test_a_slow_client_is_told_to_reconnect_and_resumes_without_gaps(
     cluster: Cluster, make_frontend: MakeFrontend, streams: Callable[..., Stream]
 ) -> None:

@@ -59,8 +59,10 @@ _DONE = {
     "decided": "Held post {id} was approved or rejected already.",
 }
 
-_dashboard = template("admin.html")
-_signin = template("admin_signin.html")
+# Compiled on first use (the environment keeps them), not at import: most frontends never
+# show the moderators' page, and its templates cost more than half a megabyte.
+_DASHBOARD = "admin.html"
+_SIGNIN = "admin_signin.html"
 
 
 def _require_token(settings: Settings) -> None:
@@ -156,7 +158,7 @@ async def admin_page(request: Request) -> Response:
     notice, named_id = _notice(request)
     stamp = session(request, state.settings)
     if stamp is None:
-        return _html(_signin.render(notice=notice))
+        return _html(template(_SIGNIN).render(notice=notice))
     page = await state.store.page(NEWEST_MESSAGES)
     messages = page.messages
     if request.query_params.get("done") == "removed":
@@ -165,7 +167,7 @@ async def admin_page(request: Request) -> Response:
         messages = [m for m in messages if m.id != named_id]
     held = await moderation.held(state.store, QUEUE_SHOWN)
     entries = await moderation.audit(state.store, AUDIT_SHOWN)
-    body = _dashboard.render(
+    body = template(_DASHBOARD).render(
         notice=notice,
         csrf=csrf_token(state.settings, stamp),
         messages=messages,
@@ -190,7 +192,7 @@ async def sign_in(request: Request) -> Response:
     fields = await _fields(request)
     offered = fields.get("token", "").strip()
     if not offered or not token_matches(settings, offered):
-        body = _signin.render(error="That is not the moderators' token.")
+        body = template(_SIGNIN).render(error="That is not the moderators' token.")
         return _html(body, 401, _CHALLENGE)
     response = _back("signed-in")
     start_session(response, settings)

@@ -37,19 +37,19 @@ This module must never block the fan-out on one client, nor open a store connect
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
 from bisect import bisect_right
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from prometheus_client import Counter
 from starlette.background import BackgroundTask
 from starlette.responses import Response
+from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
 from .errors import InvalidCursor, StoreUnavailable
@@ -87,9 +87,15 @@ BACKLOG_ATTEMPTS = 50
 ENCODED_CACHE = WINDOW + 1
 
 EVENT_STREAM = "text/event-stream"
-Put = Callable[[bytes], Awaitable[None]]
-# A `remove` event's key in the hub's cache of encodings, beside the message ids.
-REMOVE_KEY = "remove "
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-store, no-transform"),
+    # Tells nginx-style proxies not to buffer the stream.
+    (b"x-accel-buffering", b"no"),
+]
+# A message's event as the hub keeps it: its id's sort key, and its bytes on the wire.
+Event = tuple[tuple[int, int], bytes]
+_GREETING = f"retry: {RETRY_MS}\n: live\n\n".encode()
 # No `id:` line: a status is not a message, and must not move a client's resume point.
 STATUS_EVENTS = {
     True: b'event: status\ndata: {"store":"unavailable"}\n\n',
@@ -119,7 +125,8 @@ class Hub:
             ["reason"],
             registry=state.metrics.registry,
         )
-        self._encoded: OrderedDict[str, bytes] = OrderedDict()
+        self._events: OrderedDict[str, Event] = OrderedDict()
+        self._removals: OrderedDict[str, bytes] = OrderedDict()
         self._sweeper: asyncio.Task[None] | None = None
         self._store_down = False
 
@@ -156,8 +163,10 @@ class Hub:
                     client.status_due = True
                     client.wake()
                 if client.busy_since:
-                    if now - client.busy_since > SEND_TIMEOUT and client.task is not None:
+                    stuck = now - client.busy_since > SEND_TIMEOUT
+                    if stuck and not client.stalled and client.task is not None:
                         self.cut.labels("stalled").inc()
+                        client.stalled = True
                         client.task.cancel()
                 elif now - client.sent_at >= self.heartbeat:
                     client.beat = True
@@ -166,61 +175,86 @@ class Hub:
         for client in list(self.clients):
             client.wake()
 
-    def encode(self, message: Message) -> bytes:
-        """`id:`, `event:` and `data:` lines of one message, built once for all clients."""
-        body = self._encoded.get(message.id)
-        if body is None:
+    def event(self, message: Message) -> Event:
+        """One message's sort key and its `id:`, `event:` and `data:` lines, built once for all
+        clients: the fan-out then costs each client a lookup, not an encoding or a parse."""
+        event = self._events.get(message.id)
+        if event is None:
             data = json.dumps(message.as_dict(), ensure_ascii=False, separators=(",", ":"))
             body = f"id: {message.id}\nevent: message\ndata: {data}\n\n".encode()
-            self._encoded[message.id] = body
-            if len(self._encoded) > ENCODED_CACHE:
-                self._encoded.popitem(last=False)
-        return body
+            event = self._events[message.id] = (id_key(message.id), body)
+            if len(self._events) > ENCODED_CACHE:
+                self._events.popitem(last=False)
+        return event
+
+    def encode(self, message: Message) -> bytes:
+        return self.event(message)[1]
 
     def encode_removal(self, message_id: str) -> bytes:
         """The `remove` event of one removed message (no `id:` line), built once for all."""
-        key = REMOVE_KEY + message_id
-        body = self._encoded.get(key)
+        body = self._removals.get(message_id)
         if body is None:
             data = json.dumps({"id": message_id}, separators=(",", ":"))
-            body = f"event: remove\ndata: {data}\n\n".encode()
-            self._encoded[key] = body
-            if len(self._encoded) > ENCODED_CACHE:
-                self._encoded.popitem(last=False)
+            body = self._removals[message_id] = f"event: remove\ndata: {data}\n\n".encode()
+            if len(self._removals) > ENCODED_CACHE:
+                self._removals.popitem(last=False)
         return body
+
+
+class _Left(Exception):
+    """The client's connection has ended: its stream stops here."""
 
 
 class Client:
     """One connected stream: messages and removals the feed handed over and the writer has not
-    sent yet."""
+    sent yet, and the `send` they go out through.
+
+    A stream is one task, the request's own: the writer runs in it, and the end of the
+    connection is heard by a callback on the pending `receive()` rather than by a second task
+    awaiting it. Thousands of these sit idle at once, so each holds as little as it can."""
 
     __slots__ = (
         "beat",
         "busy_since",
+        "gone",
         "hub",
         "limit",
+        "listening",
+        "loop",
         "overflowed",
         "pending",
+        "receive",
         "removed",
+        "send",
         "sent_at",
+        "stalled",
         "status_due",
         "task",
         "told_down",
         "waiter",
     )
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, receive: Receive, send: Send) -> None:
         self.hub = hub
+        self.receive = receive
+        self.send = send
+        self.loop = asyncio.get_running_loop()
         self.limit = hub.queue_limit
-        self.pending: deque[Message] = deque()
+        # Lists, not deques: only ever extended and taken whole, and an empty list is a tenth
+        # of the size of an empty deque.
+        self.pending: list[Message] = []
         self.removed: list[str] = []
         self.overflowed = False
+        # The connection ended; the sweeper cut this stream's stuck send.
+        self.gone = False
+        self.stalled = False
+        self.listening: asyncio.Future[ASGIMessage] | None = None
         # A bare future rather than an asyncio.Event: this is the fan-out's inner loop.
         self.waiter: asyncio.Future[None] | None = None
         self.beat = False
         self.busy_since = 0.0
         self.sent_at = 0.0
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[Any] | None = None
         # What this client was last told of the store (nothing said means it is up), and
         # whether the sweeper saw that change since.
         self.told_down = False
@@ -234,34 +268,64 @@ class Client:
             if self.pending:
                 # A message still waiting is never sent after its removal.
                 gone = set(removed)
-                self.pending = deque(m for m in self.pending if m.id not in gone)
+                self.pending = [m for m in self.pending if m.id not in gone]
             self.removed.extend(removed)
         if len(self.pending) + len(self.removed) + len(batch) > self.limit:
             # The client resumes from its last message, and step 2 then tells it every
             # removal it missed here.
             self.overflowed = True
-            self.pending.clear()
-            self.removed.clear()
+            self.pending = []
+            self.removed = []
             self.hub.cut.labels("overflow").inc()
         else:
             self.pending.extend(batch)
         self.wake()
 
+    def listen(self) -> None:
+        """Hear the end of the connection: the server answers `receive()` with
+        `http.disconnect` then."""
+        listening = self.listening = asyncio.ensure_future(self.receive())
+        listening.add_done_callback(self._heard)
+
+    def _heard(self, listening: asyncio.Future[ASGIMessage]) -> None:
+        if self.gone:
+            return
+        if (
+            listening.cancelled()
+            or listening.exception() is not None
+            or listening.result()["type"] == "http.disconnect"
+        ):
+            self.gone = True
+            self.wake()
+        else:
+            self.listen()  # a request body's part: nothing this stream reads
+
     def wake(self) -> None:
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self) -> None:
-        self.waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self.waiter
-        finally:
+        if waiter is not None:
             self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
-    def take(self) -> deque[Message]:
+    def waiting(self) -> asyncio.Future[None]:
+        """What to await until `wake` (a future, not a coroutine: one frame fewer to keep and
+        to resume for each idle client)."""
+        waiter = self.waiter = self.loop.create_future()
+        return waiter
+
+    async def put(self, chunk: bytes) -> None:
+        """Send `chunk` as part of the body; `_Left` once the connection has ended."""
+        if self.gone:
+            raise _Left
+        # The sweeper cuts this stream when one send stays stuck too long.
+        self.busy_since = self.loop.time()
+        await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self.busy_since = 0.0
+        self.sent_at = self.loop.time()
+
+    def take(self) -> list[Message]:
         items = self.pending
-        self.pending = deque()
+        self.pending = []
         return items
 
     def take_removed(self) -> list[str]:
@@ -280,134 +344,148 @@ class EventStream(Response):
         self.after = after
         self.status_code = 200
         self.background: BackgroundTask | None = None
-        self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache, no-store, no-transform"),
-            # Tells nginx-style proxies not to buffer the stream.
-            (b"x-accel-buffering", b"no"),
-        ]
+        self.raw_headers = _HEADERS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.hub is not None
         hub = self.hub
-        client = Client(hub)
+        feed = hub.state.feed
+        client = Client(hub, receive, send)
+        task = client.task = asyncio.current_task()
         hub.add(client)
-        writer = client.task = asyncio.create_task(self._write(hub, client, send))
-        gone = asyncio.create_task(_until_disconnect(receive))
-        try:
-            await asyncio.wait({writer, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            hub.remove(client)
-            for task in (writer, gone):
-                task.cancel()
-            for task in (writer, gone):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if writer.done() and not writer.cancelled() and writer.exception() is not None:
-            log.warning("a live stream ended with an error: %r", writer.exception())
-
-    async def _write(self, hub: Hub, client: Client, send: Send) -> None:
-        loop = asyncio.get_running_loop()
-
-        async def put(chunk: bytes) -> None:
-            # The sweeper cancels this task when one send stays stuck too long.
-            client.busy_since = loop.time()
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            client.busy_since = 0.0
-            client.sent_at = loop.time()
-
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        client.listen()
         unsubscribe = None
         try:
-            # Said even when all is well: a page reconnecting after an outage must hear that
-            # it is over, and cannot tell "nothing said yet" from "nothing to say".
-            client.told_down = hub.state.feed.unavailable
-            await put(f"retry: {RETRY_MS}\n: live\n\n".encode() + STATUS_EVENTS[client.told_down])
-            # Until the feed has read the head once there is nothing to line the backlog up
-            # with; the client waits (with heartbeats) rather than missing anything.
-            while hub.state.feed.head_id is None and not hub.closing:
-                await asyncio.sleep(0.05)
-                if client.status_due:
-                    await self._tell_status(hub, client, put)
-                if client.beat:
-                    client.beat = False
-                    await put(b": heartbeat\n\n")
-            if hub.closing:
-                await self._finish(hub, put, send, "shutdown")
-                return
-            feed = hub.state.feed
-            unsubscribe = feed.subscribe(client.push)
-            head = feed.head_id
-            assert head is not None
-            recent = list(feed.recent)
-            floor = feed.floor
-            cursor = self.after or head
-            if self.after is not None:
-                removed, complete = feed.removed_since(self.after)
-                try:
-                    if not complete:
-                        stored = await hub.state.store.removed_since(self.after)
-                        removed = list(dict.fromkeys([*stored, *removed]))
-                    if removed:
-                        await put(b"".join([hub.encode_removal(i) for i in removed]))
-                    if id_key(self.after) < id_key(head):
-                        skip = set(removed)
-                        async for chunk in _backlog(hub, self.after, head, recent, floor, skip):
-                            await put(b"".join([hub.encode(m) for m in chunk]))
-                            cursor = chunk[-1].id
-                except StoreUnavailable:
-                    # Better a reconnect a moment later than a gap.
-                    await self._finish(hub, put, send, "unavailable")
-                    return
-            await self._follow(hub, client, put, send, cursor)
-        except OSError:
-            return  # the connection is gone
+            if await self._greet(hub, client):
+                unsubscribe = feed.subscribe(client.push)
+                # No await between these: see step 1 of the module's docstring.
+                cursor = await self._catch_up(hub, client)
+                if cursor is not None:
+                    await self._follow(hub, client, cursor)
+        except asyncio.CancelledError:
+            # The sweeper's cut of a send stuck for SEND_TIMEOUT ends this stream, and only it;
+            # any other cancellation goes on up.
+            if not client.stalled or task is None:
+                raise
+            task.uncancel()
+        except (_Left, OSError):
+            pass  # the connection is gone
+        except Exception as exc:
+            log.warning("a live stream ended with an error: %r", exc)
         finally:
             if unsubscribe is not None:
                 unsubscribe()
+            client.gone = True
+            hub.remove(client)
+            if client.listening is not None:
+                client.listening.cancel()
 
-    async def _follow(self, hub: Hub, client: Client, put: Put, send: Send, cursor: str) -> None:
+    async def _greet(self, hub: Hub, client: Client) -> bool:
+        """Start the response; False when the server is stopping (the client was told)."""
+        await client.send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        feed = hub.state.feed
+        # Said even when all is well: a page reconnecting after an outage must hear that it is
+        # over, and cannot tell "nothing said yet" from "nothing to say".
+        client.told_down = feed.unavailable
+        await client.put(_GREETING + STATUS_EVENTS[client.told_down])
+        # Until the feed has read the head once there is nothing to line the backlog up with;
+        # the client waits (with heartbeats) rather than missing anything.
+        while feed.head_id is None and not hub.closing and not client.gone:
+            await asyncio.sleep(0.05)
+            if client.status_due:
+                await self._tell_status(hub, client)
+            if client.beat:
+                client.beat = False
+                await client.put(b": heartbeat\n\n")
+        if hub.closing:
+            await self._finish(client, "shutdown")
+            return False
+        return True
+
+    async def _catch_up(self, hub: Hub, client: Client) -> str | None:
+        """Steps 2 and 3 of the module's docstring, called right after `subscribe`; the id the
+        queue goes on from, or None when the client was told to come back later."""
+        feed = hub.state.feed
+        head = feed.head_id
+        assert head is not None
+        after = self.after
+        if after is None:
+            return head
+        # Taken before the first await, in the same step as `subscribe`: exactly what the
+        # queue will not hold. Only what is needed is copied, and nothing is kept once the
+        # client has caught up: a connected client must not hold a copy of the feed's memory.
+        removed, complete = feed.removed_since(after)
+        floor = feed.floor
+        behind = id_key(after) < id_key(head)
+        recent: list[Message] = []
+        if behind and id_key(floor) <= id_key(after):
+            recent = feed.recent[bisect_right(feed.recent, id_key(after), key=_message_key) :]
+        elif behind:
+            recent = list(feed.recent)  # the store up to `floor`, then this
+        cursor = after
+        try:
+            if not complete:
+                stored = await hub.state.store.removed_since(after)
+                removed = list(dict.fromkeys([*stored, *removed]))
+            if removed:
+                await client.put(b"".join([hub.encode_removal(i) for i in removed]))
+            if behind:
+                skip = set(removed)
+                async for chunk in _backlog(hub, after, head, recent, floor, skip):
+                    await client.put(b"".join([hub.encode(m) for m in chunk]))
+                    cursor = chunk[-1].id
+        except StoreUnavailable:
+            # Better a reconnect a moment later than a gap.
+            await self._finish(client, "unavailable")
+            return None
+        return cursor
+
+    async def _follow(self, hub: Hub, client: Client, cursor: str) -> None:
         last = id_key(cursor)
         while True:
             if client.overflowed:
-                await self._finish(hub, put, send, "overflow")
+                await self._finish(client, "overflow")
                 return
             if hub.closing:
-                await self._finish(hub, put, send, "shutdown")
+                await self._finish(client, "shutdown")
+                return
+            if client.gone:
                 return
             if client.removed:
                 # Before the messages waiting beside them: see the module's docstring.
-                await put(b"".join([hub.encode_removal(i) for i in client.take_removed()]))
+                await client.put(b"".join([hub.encode_removal(i) for i in client.take_removed()]))
                 continue
-            batch: Sequence[Message] = client.take()
+            batch = client.take()
             if batch:
-                # Batches come in id order: usually all of one is new, so one comparison does.
-                if id_key(batch[0].id) <= last:
-                    batch = [m for m in batch if id_key(m.id) > last]
-                if batch:
-                    if len(batch) == 1:
-                        await put(hub.encode(batch[0]))
-                    else:
-                        await put(b"".join([hub.encode(m) for m in batch]))
-                    last = id_key(batch[-1].id)
+                # Batches come in id order, and usually all of one is new.
+                if len(batch) == 1:
+                    key, body = hub.event(batch[0])
+                    if key > last:
+                        await client.put(body)
+                        last = key
+                else:
+                    events = [e for e in map(hub.event, batch) if e[0] > last]
+                    if events:
+                        await client.put(b"".join([body for _, body in events]))
+                        last = events[-1][0]
                 continue
             if client.status_due:
-                await self._tell_status(hub, client, put)
+                await self._tell_status(hub, client)
                 continue
             if client.beat:
                 client.beat = False
-                await put(b": heartbeat\n\n")
+                await client.put(b": heartbeat\n\n")
                 continue
-            await client.wait()
+            await client.waiting()
 
-    async def _tell_status(self, hub: Hub, client: Client, put: Put) -> None:
+    async def _tell_status(self, hub: Hub, client: Client) -> None:
         client.status_due = False
         down = hub.state.feed.unavailable
         if down != client.told_down:
             client.told_down = down
-            await put(STATUS_EVENTS[down])
+            await client.put(STATUS_EVENTS[down])
 
-    async def _finish(self, hub: Hub, put: Put, send: Send, reason: str) -> None:
+    async def _finish(self, client: Client, reason: str) -> None:
         """Tell the client to come back (from its last id) and end the response."""
         if reason == "shutdown":
             retry = random.randint(*SHUTDOWN_RETRY_MS)
@@ -416,17 +494,14 @@ class EventStream(Response):
         else:
             retry = RETRY_MS
         if reason != "overflow":  # counted when it happened, not once the client reads
-            hub.cut.labels(reason).inc()
+            client.hub.cut.labels(reason).inc()
         data = json.dumps({"reason": reason, "retry": retry})
-        await put(f"retry: {retry}\nevent: reconnect\ndata: {data}\n\n".encode())
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await client.put(f"retry: {retry}\nevent: reconnect\ndata: {data}\n\n".encode())
+        await client.send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _until_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
+def _message_key(message: Message) -> tuple[int, int]:
+    return id_key(message.id)
 
 
 async def _backlog(
@@ -445,7 +520,7 @@ async def _backlog(
     while id_key(cursor) < id_key(head):
         if id_key(floor) <= id_key(cursor):
             # `recent` is in id order, up to 10,001 messages: found by bisection.
-            chunk = recent[bisect_right(recent, id_key(cursor), key=lambda m: id_key(m.id)) :]
+            chunk = recent[bisect_right(recent, id_key(cursor), key=_message_key) :]
             if chunk:
                 yield chunk
             return

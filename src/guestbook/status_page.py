@@ -19,7 +19,9 @@ from .templates import template
 
 router = APIRouter(include_in_schema=False)
 
-_page = template("status.html")
+# Compiled on first use (the environment keeps it), not at import: a frontend nobody asks
+# for this page spends nothing on it.
+_TEMPLATE = "status.html"
 
 
 def with_this_frontend(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -35,5 +37,5 @@ def with_this_frontend(status: dict[str, Any]) -> list[dict[str, Any]]:
 async def status_page(request: Request) -> HTMLResponse:
     state: AppState = request.state.app
     status = await state.status_dict()
-    body = _page.render(status=status, frontends=with_this_frontend(status))
+    body = template(_TEMPLATE).render(status=status, frontends=with_this_frontend(status))
     return HTMLResponse(body, headers={"Cache-Control": "no-store"})
