@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from starlette.responses import Response
 
 from conftest import Cluster, app_in_process
 from guestbook import moderation
 from guestbook.app import GuestbookApp
 from guestbook.feed import WINDOW
 from guestbook.pages import PAGE_SIZE, render_page
+from guestbook.reads import WROTE_COOKIE, WROTE_MAX_AGE, remember_write
 from guestbook.state import AppState, BodyCache
 from guestbook.store import MessageStore
 
@@ -231,3 +233,12 @@ async def test_the_bodies_kept_stay_bounded_whatever_cursors_clients_send(
             assert len(state.bodies) <= BodyCache.MAX_BODIES
         # What is kept is still right: the same cursor twice, the second from the cache.
         await assert_pages_equal_the_store(client, truth, [ids[-2], ids[-2], ids[7], ids[7]], 1)
+
+
+def test_the_read_your_writes_cookie_is_the_one_starlette_would_set() -> None:
+    ours, theirs = Response(), Response()
+    remember_write(ours, "1764156357123-0")
+    theirs.set_cookie(
+        WROTE_COOKIE, "1764156357123-0", max_age=WROTE_MAX_AGE, httponly=True, samesite="lax"
+    )
+    assert ours.raw_headers == theirs.raw_headers

@@ -21,7 +21,7 @@ from .posting import (
     remember_held,
 )
 from .problems import documented_problems
-from .reads import api_page, page_query, remember_write, wrote_cookie
+from .reads import api_page, page_query_of, remember_write, wrote_cookie, wrote_cookie_of
 from .state import AppState
 
 router = APIRouter(prefix="/api", tags=["messages"])
@@ -194,10 +194,10 @@ async def messages_response(
 async def fast_messages(request: Request, state: AppState) -> Response | None:
     """The fast path's door to `messages_response`: None for parameters it leaves to the
     route to explain."""
-    query = page_query(request.query_params)
+    query = page_query_of(request.scope["query_string"])
     if query is None:
         return None
-    return await messages_response(state, *query, wrote_cookie(request.cookies))
+    return await messages_response(state, *query, wrote_cookie_of(request))
 
 
 @router.post(

@@ -71,8 +71,10 @@ class Feed:
         self.keep = keep
         # Oldest first, at most `keep`. A list, not a deque: pages are found by bisection.
         self.recent: list[Message] = []
-        # The newest message id read (the stream cursor; that message may have been removed).
-        self.head_id: str | None = None
+        # The newest message id read (the stream cursor; that message may have been removed),
+        # and its sort key, which every read from memory compares with.
+        self._head_id: str | None = None
+        self._head_key = (0, 0)
         # Memory holds every message from this id up to `head_id`, removed ones excepted.
         self.floor = EVERY_MESSAGE
         self.source = "leader"
@@ -107,6 +109,15 @@ class Feed:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._task, self._stale_after + 1)
             self._task = None
+
+    @property
+    def head_id(self) -> str | None:
+        return self._head_id
+
+    @head_id.setter
+    def head_id(self, value: str | None) -> None:
+        self._head_id = value
+        self._head_key = id_key(value) if value is not None else (0, 0)
 
     @property
     def live(self) -> bool:
@@ -152,11 +163,18 @@ class Feed:
         self, count: int, before: str | None, must_include: str | None
     ) -> list[Message] | None:
         """The newest `count` messages older than `before` (any when None), oldest first;
-        None when memory cannot answer: the reader is not keeping up, has not read the
-        write the reader must see, or the window does not reach back far enough."""
-        if not self.live or self.head_id is None:
+        None when memory cannot answer (see `span`)."""
+        span = self.span(count, before, must_include)
+        return None if span is None else self.recent[span]
+
+    def span(self, count: int, before: str | None, must_include: str | None) -> slice | None:
+        """Where `newest` finds its messages in `recent`, without copying them (a reader of a
+        body already built needs only to know that memory can answer); None when it cannot:
+        the reader is not keeping up, has not read the write the reader must see, or the
+        window does not reach back far enough. Valid until `recent` next changes."""
+        if not self.live or self._head_id is None:
             return None
-        head = id_key(self.head_id)
+        head = self._head_key
         wanted = self.store.must_show(must_include)
         if wanted is not None and head < id_key(wanted):
             return None
@@ -176,7 +194,7 @@ class Feed:
                 # page ends with, nor whether there is more.
                 return None
             start = 0
-        return self.recent[start:end]
+        return slice(start, end)
 
     def last_seen(self, limit: int) -> list[Message] | None:
         """The newest `limit` messages (one more if there is), newest first, as the reader last

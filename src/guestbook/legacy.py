@@ -9,11 +9,13 @@ commas, as the old page expects (a comma inside a message cannot be told apart t
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
+from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
 from .errors import Refused
@@ -64,12 +66,18 @@ async def legacy_get(state: AppState) -> Response:
 async def fast_get(request: Request, state: AppState) -> Response | None:
     """The fast path's door to `legacy_get`: a plain `cmd=get` (with the key or without);
     anything else is the route's to check and answer."""
-    params = request.query_params
-    if len(params.multi_items()) != len(params) or not set(params) <= {"cmd", "key"}:
-        return None
-    if params.get("cmd") != "get" or params.get("key", "messages") not in KEYS:
+    if not _plain_get(request.scope["query_string"]):
         return None
     return await legacy_get(state)
+
+
+@lru_cache(maxsize=8)
+def _plain_get(query_string: bytes) -> bool:
+    """Remembered per raw query string: old pages all send the same one."""
+    params = QueryParams(query_string)
+    if len(params.multi_items()) != len(params) or not set(params) <= {"cmd", "key"}:
+        return False
+    return params.get("cmd") == "get" and params.get("key", "messages") in KEYS
 
 
 Cmd = Annotated[Literal["get", "set"], Query(description="get or set")]

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from starlette.datastructures import QueryParams
+from starlette.requests import Request
 from starlette.responses import Response
 
 from .messages import DEFAULT_PAGE, MAX_PAGE, Message, is_id
@@ -26,11 +28,28 @@ WROTE_COOKIE = "gb_wrote"
 WROTE_MAX_AGE = 60
 
 
+# The cookie `Response.set_cookie` sets for a message id, written directly: building it
+# through `http.cookies` cost a post more than its JSON. An id is digits and a dash, which a
+# cookie value takes unquoted; a test compares the two spellings.
+_WROTE_HEADER = f"{WROTE_COOKIE}={{}}; HttpOnly; Max-Age={WROTE_MAX_AGE}; Path=/; SameSite=lax"
+
+
 def remember_write(response: Response, message_id: str) -> None:
     """Let the poster's next reads, on any frontend, insist on seeing this message."""
-    response.set_cookie(
-        WROTE_COOKIE, message_id, max_age=WROTE_MAX_AGE, httponly=True, samesite="lax"
-    )
+    if is_id(message_id):
+        response.raw_headers.append((b"set-cookie", _WROTE_HEADER.format(message_id).encode()))
+    else:  # never a store's id; http.cookies quotes what needs it
+        response.set_cookie(
+            WROTE_COOKIE, message_id, max_age=WROTE_MAX_AGE, httponly=True, samesite="lax"
+        )
+
+
+def wrote_cookie_of(request: Request) -> str | None:
+    """`wrote_cookie` of a request's cookies; a request that sends none (most readers that
+    never posted) is not asked to parse them."""
+    if any(name == b"cookie" for name, _ in request.scope["headers"]):
+        return wrote_cookie(request.cookies)
+    return None
 
 
 def wrote_cookie(cookies: Mapping[str, str]) -> str | None:
@@ -56,10 +75,15 @@ def memory_page(
     state: AppState, limit: int, must_include: str | None, before: str | None = None
 ) -> PageRead | None:
     """A page from the feed's memory, or None when memory cannot answer it."""
-    newest = state.feed.page(limit, before, must_include)
-    if newest is None:
+    span = state.feed.span(limit + 1, before, must_include)
+    if span is None:
         return None
     state.metrics.page_cache_hit.inc()
+    return _page_in(state, span, limit)
+
+
+def _page_in(state: AppState, span: slice, limit: int) -> PageRead:
+    newest = state.feed.recent[span][::-1]
     shown = newest[:limit]
     return PageRead(shown, shown[-1].id if len(newest) > limit and shown else None, True)
 
@@ -87,11 +111,22 @@ async def api_page(
     state: AppState, limit: int, before: str | None, must_include: str | None
 ) -> bytes:
     """The JSON of `GET /api/messages`."""
-    read = await read_page(state, limit, before, must_include)
-    if read.from_memory:
-        # Older pages too: readers paging back follow the same `next` cursors.
-        return state.bodies.get(("api", limit, before), lambda: encode_page(read))
-    return encode_page(read)
+    span = state.feed.span(limit + 1, before, must_include)
+    if span is not None:
+        state.metrics.page_cache_hit.inc()
+        # Older pages too: readers paging back follow the same `next` cursors. The messages
+        # are taken from memory only to build a body, not for every read of it.
+        return state.bodies.get(
+            ("api", limit, before), lambda: encode_page(_page_in(state, span, limit))
+        )
+    return encode_page(await read_page(state, limit, before, must_include))
+
+
+@lru_cache(maxsize=64)
+def page_query_of(query_string: bytes) -> tuple[int, str | None] | None:
+    """`page_query` of a raw query string, remembered: most reads send one of a few (the first
+    page's), and parsing one costs more than answering from memory."""
+    return page_query(QueryParams(query_string))
 
 
 def page_query(params: QueryParams) -> tuple[int, str | None] | None:
@@ -123,10 +158,11 @@ LEGACY_LIMIT = 1000
 async def legacy_list(state: AppState) -> bytes:
     """`{"data": "m1,m2,..."}`, oldest first, for the original PHP page: from the feed's
     memory when it can answer, built once per change of the feed; else one store read."""
-    remembered = state.feed.newest(LEGACY_LIMIT, None, None)
-    if remembered is not None:
+    span = state.feed.span(LEGACY_LIMIT, None, None)
+    if span is not None:
         state.metrics.page_cache_hit.inc()
-        return state.bodies.get("legacy", lambda: _legacy_body(remembered))
+        # A thousand messages taken from memory only to build the body, not for every read.
+        return state.bodies.get("legacy", lambda: _legacy_body(state.feed.recent[span]))
     state.metrics.page_cache_miss.inc()
     return _legacy_body(await state.store.newest_oldest_first(LEGACY_LIMIT))
 

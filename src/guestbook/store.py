@@ -26,9 +26,10 @@ Posting goes through one script on the leader (`submit`): in one round trip it r
 answer of an earlier post with the same idempotency key, applies the per-client rate limit
 (a sliding minute in `guestbook:rate:<client>`, shared by every frontend), notices the same
 text from the same client within ten minutes, and then either appends to the stream or holds
-the post in `guestbook:held` for a moderator, with an audit entry. Removals, the queue, the
-audit log and the block list are in `moderation.py`, on the keys named here; every key the
-guestbook uses is one of these, under `guestbook:`.
+the post in `guestbook:held` for a moderator, with an audit entry. Posts made at the same
+moment share that round trip: one pipeline of script calls, each answered on its own (see
+`_post`). Removals, the queue, the audit log and the block list are in `moderation.py`, on
+the keys named here; every key the guestbook uses is one of these, under `guestbook:`.
 
 This module knows nothing of HTTP or the command line.
 """
@@ -53,6 +54,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
+    NoScriptError,
     ReadOnlyError,
     RedisError,
     ResponseError,
@@ -120,6 +122,8 @@ BLOCK_MS = 1000
 WATCH_BATCH = 500
 
 T = TypeVar("T")
+# Named once: `Literal[...]` written in a call is built anew at every post.
+PostStatus = Literal["published", "held"]
 Entry = tuple[str, dict[str, str]]
 
 # Append one imported message unless it is already here: its source key was imported before,
@@ -225,6 +229,18 @@ if idempotent then
 end
 return {status, id, reason, '0', created}
 """
+# Posts name the script by its digest (EVALSHA): the server keeps it compiled, and the 2 KB
+# body crosses the wire only when a server does not know it yet (see `_run_posts`).
+_SUBMIT_SHA = hashlib.sha1(_SUBMIT_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass
+class _QueuedPost:
+    """One post's script arguments, waiting for the pipeline that carries it (`_post`)."""
+
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    answer: asyncio.Future[tuple[Any, int]]
 
 
 @dataclass
@@ -242,6 +258,8 @@ class Server:
     probing: bool = False
     # With sentinels: this follower's data is the current leader's (see `_trusted`).
     trusted: bool = False
+    # The post script was run here by this process: posts may name it by its digest.
+    knows_post_script: bool = False
 
     @property
     def name(self) -> str:
@@ -388,6 +406,11 @@ class MessageStore:
     _asked_at: float = field(init=False, default=0.0)
     _sentinel_error: str | None = field(init=False, default=None)
     last_write_id: str | None = field(init=False, default=None)
+    # Posts made in this turn of the event loop, sent together at the next (`_post`), and the
+    # batches on the wire.
+    _posts: list[_QueuedPost] = field(init=False, default_factory=list)
+    _posts_due: bool = field(init=False, default=False)
+    _sending: set[asyncio.Task[None]] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         if self.leader_url is not None:
@@ -419,7 +442,7 @@ class MessageStore:
         self._watcher = asyncio.create_task(self._follow_sentinels(), name="guestbook-sentinels")
 
     async def close(self) -> None:
-        for task in (self._watcher, self._refreshing):
+        for task in (self._watcher, self._refreshing, *self._sending):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -714,10 +737,14 @@ class MessageStore:
         )
         return str(entry_id), acked
 
+    def _wait_ms(self) -> int:
+        """How long a WAIT may block on the server: most of the call's timeout."""
+        return max(1, int(self.timeout * 1000 * 0.8))
+
     async def _write_and_wait(self, queue: Callable[[Any], object], name: str) -> tuple[Any, int]:
         """One write, queued by `queue` on a pipeline, then WAIT, in one round trip (see
         `_append_and_wait`); the write's reply and the number of followers that confirmed."""
-        wait_ms = max(1, int(self.timeout * 1000 * 0.8))
+        wait_ms = self._wait_ms()
 
         async def write_and_wait(client: Redis) -> tuple[Any, int]:
             pipe = client.pipeline(transaction=False)
@@ -755,7 +782,7 @@ class MessageStore:
             HELD,
             AUDIT,
             # Without a key the script never touches KEYS[4]; it is named, as every key is.
-            idempotency_key_name(idempotency_key or ""),
+            idempotency_key_name(idempotency_key) if idempotency_key is not None else _NO_KEY,
             rate_key(client),
             duplicate_key(client, text),
         )
@@ -773,19 +800,13 @@ class MessageStore:
             SYSTEM_ACTOR,
         )
 
-        def run(target: Any) -> Any:
-            return target.eval(_SUBMIT_SCRIPT, len(keys), *keys, *args)
-
-        if self.write_replicas:
-            reply, acked = await self._write_and_wait(run, "post")
-        else:
-            reply, acked = await self._write(run, "post"), 0
+        reply, acked = await self._post(keys, args)
         kind = str(reply[0])
         if kind == "conflict":
             raise IdempotencyConflict("this Idempotency-Key was first used for another message")
         if kind == "rate":
             raise RateLimited(max(1, math.ceil(int(reply[1]) / 1000)), rate_limit)
-        status = cast(Literal["published", "held"], kind)
+        status = cast(PostStatus, kind)
         entry_id, reason, replayed = str(reply[1]), str(reply[2] or ""), reply[3] == "1"
         # A published message's time is its id's (as `_message` reads it back); a held post's
         # is the one it keeps in `c` through approval.
@@ -804,6 +825,118 @@ class MessageStore:
             replayed,
         )
 
+    async def _post(self, keys: tuple[str, ...], args: tuple[str, ...]) -> tuple[Any, int]:
+        """One post's script reply, and with write_replicas how many followers confirmed it.
+
+        Every post made in the same turn of the event loop goes in one pipeline, sent at the
+        next turn: one round trip and one socket write for them all, and with write_replicas
+        one WAIT after them, which counts followers that have every write of its connection,
+        so each post's figure is right. A post cancelled before its batch leaves stores nothing.
+        """
+        loop = asyncio.get_running_loop()
+        queued = _QueuedPost(keys, args, loop.create_future())
+        self._posts.append(queued)
+        if not self._posts_due:
+            self._posts_due = True
+            loop.call_soon(self._send_posts)
+        return await queued.answer
+
+    def _send_posts(self) -> None:
+        self._posts_due = False
+        batch = [post for post in self._posts if not post.answer.done()]
+        self._posts = []
+        if batch:
+            # A task of its own: no one post's cancellation (its client left) cancels the others.
+            task = asyncio.get_running_loop().create_task(self._send_batch(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send_batch(self, batch: list[_QueuedPost]) -> None:
+        wait_ms = self._wait_ms()
+        run = partial(self._run_posts, batch, wait_ms)
+        try:
+            if self.write_replicas:
+                replies, acked = await self._write(run, "post", extra=wait_ms / 1000)
+            else:
+                replies, acked = await self._write(run, "post")
+        except BaseException as exc:
+            for post in batch:
+                if post.answer.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    post.answer.cancel()
+                else:
+                    post.answer.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for post, reply in zip(batch, replies, strict=True):
+            if post.answer.done():
+                continue
+            if isinstance(reply, ResponseError):
+                post.answer.set_exception(self._post_error(reply))
+            else:
+                post.answer.set_result((reply, acked))
+
+    async def _run_posts(
+        self, batch: list[_QueuedPost], wait_ms: int, client: Redis
+    ) -> tuple[list[Any], int]:
+        """Each post of `batch` by EVALSHA, then WAIT when asked, in one pipeline; posts the
+        server did not know the script for (it restarted, a SCRIPT FLUSH) did not run, and go
+        again with the body, which caches it for the next ones."""
+        # None when sentinels replaced the servers since this call began: the body, then.
+        server = next((s for s in self._servers if client in (s.client, s.blocking)), None)
+        # The body the first time: a post the server is sent but runs late (a stalled leader,
+        # answered 503) is then stored as sent, and a retry with its key finds it.
+        known = server is not None and server.knows_post_script
+        replies, acked = await self._pipeline(client, batch, wait_ms, by_digest=known)
+        unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unknown:
+            again, acked = await self._pipeline(
+                client, [batch[i] for i in unknown], wait_ms, by_digest=False
+            )
+            for i, reply in zip(unknown, again, strict=True):
+                replies[i] = reply
+        if server is not None:
+            server.knows_post_script = True
+        refused = [r for r in replies if isinstance(r, ResponseError) and _transient_error(r)]
+        if refused and len(refused) == len(replies):
+            # Nothing ran (a READONLY replica refuses every write before running it): raised
+            # for the batch, so `_write` may send it all to a new leader.
+            raise refused[0]
+        return replies, acked
+
+    async def _pipeline(
+        self, client: Redis, batch: list[_QueuedPost], wait_ms: int, *, by_digest: bool
+    ) -> tuple[list[Any], int]:
+        pipe = client.pipeline(transaction=False)
+        for post in batch:
+            if by_digest:
+                pipe.evalsha(_SUBMIT_SHA, len(post.keys), *post.keys, *post.args)
+            else:
+                pipe.eval(_SUBMIT_SCRIPT, len(post.keys), *post.keys, *post.args)
+        if self.write_replicas:
+            pipe.wait(self.write_replicas, wait_ms)
+        replies = list(await pipe.execute(raise_on_error=False))
+        if not self.write_replicas:
+            return replies, 0
+        acked = replies.pop()
+        return replies, 0 if isinstance(acked, Exception) else int(acked)
+
+    def _post_error(self, error: ResponseError) -> Exception:
+        """What one post of a batch raises for the error the server answered it: a state that
+        passes (the rest of the batch ran) is the leader's unavailability, as for one post."""
+        if _transient_error(error) is not None:
+            leader = self._leader_server
+            if leader is not None:
+                self._mark_down(leader, "post", _transient_error(error) or "")
+            unavailable = LeaderUnavailable("the leader cannot take writes right now")
+            unavailable.__cause__ = error
+            return unavailable
+        if self.observer is not None:
+            self.observer("post", "leader", "ResponseError")
+        return error
+
     def note_write(self, entry_id: str) -> None:
         """Remember a message this process wrote another way (an approval in moderation.py),
         so that its pages show it as they show its own posts."""
@@ -812,7 +945,13 @@ class MessageStore:
     def must_show(self, must_include: str | None) -> str | None:
         """The read-your-writes rule, the one definition: a read must hold the newer of the
         reader's own write (its cookie) and this process's last write, when there is one."""
-        return _newest(must_include, self.last_write_id)
+        # Asked by every read served from memory: no list built for the usual one-or-none.
+        last = self.last_write_id
+        if not must_include:
+            return last
+        if last is None or id_key(must_include) >= id_key(last):
+            return must_include
+        return last
 
     def _note_write(self, entry_id: str) -> None:
         if self.last_write_id is None or id_key(entry_id) > id_key(self.last_write_id):
@@ -1194,6 +1333,10 @@ def idempotency_key_name(key: str) -> str:
     return IDEMPOTENCY_PREFIX + _sha256(key)
 
 
+# KEYS[4] of a post without a key: hashed once, not at every post.
+_NO_KEY = idempotency_key_name("")
+
+
 def rate_key(client: str) -> str:
     """The sorted set of one client's posts in the last minute (scores: the server's ms)."""
     return RATE_PREFIX + client
@@ -1203,11 +1346,6 @@ def duplicate_key(client: str, text: str) -> str:
     """Set while `client` posted `text` within the last ten minutes. The NUL keeps
     ("a", "bc") and ("ab", "c") apart; neither a client address nor a text contains one."""
     return DUPLICATE_PREFIX + _sha256(client + "\0" + text)
-
-
-def _newest(*ids: str | None) -> str | None:
-    present = [i for i in ids if i]
-    return max(present, key=id_key) if present else None
 
 
 def _int_or_none(info: dict[str, Any], key: str) -> int | None:
