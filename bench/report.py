@@ -115,7 +115,13 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         live = results["live"].get(clients)
         if live is None:
             continue
+        # From the 201 is what the goal names, but one event loop sends the fan-out before
+        # the 201 it handles next, so that figure can be below zero. Then the goal is judged
+        # from the POST instead, which bounds it from above.
         p99 = live["latency_ms_from_ack"]["p99"]
+        basis = "from the 201"
+        if p99 <= 0:
+            p99, basis = live["latency_ms_from_post"]["p99"], "from the POST (the 201 came later)"
         rss = live["rss_mb"]["clients_connected"]
         ok = p99 < goal and live["missing"] == 0
         rss_text = ""
@@ -125,7 +131,7 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         out.append((
             "R6",
             f"live feed, {int(clients):,} clients: every event, p99 from the 201 < {goal:.0f} ms",
-            f"p99 {p99} ms, {live['missing']} missing{rss_text}", ok,
+            f"p99 {p99} ms {basis}, {live['missing']} missing{rss_text}", ok,
         ))  # fmt: skip
 
     workers = results.get("workers")
@@ -213,7 +219,16 @@ NOTES = [
     "The embedded store, the server's child, is moved to the other core after start like "
     "every Valkey here: left on the server's core it halved the posts measured.",
     "- `GUESTBOOK_WORKERS=2`: two processes on the port (SO_REUSEPORT), each with its own feed; "
-    "on a 2-core machine wrk shares the cores with them.",
+    "on a 2-core machine wrk shares the cores with them, so a second worker finds no idle core: "
+    "unpinned, one worker alone has measured 14,589 to 28,112 req/s from run to run here, and "
+    "two workers 22,337 to 22,714. R7 needs a machine with a core for wrk.",
+    "- R4 and the legacy `get`: its body at 10² messages is a tenth of the one at 10⁴ and "
+    "beyond, so its p50 ratio against 10² measures the body, not the guestbook's size; against "
+    "10⁴ (the same 1,000 messages) is the size-independence the goal asks about.",
+    "- Live feed: the p50 and p99 from the 201 are below zero because a frontend's one event "
+    "loop writes an event to every client before it sends the 201 it handles next: the clients "
+    "have the message before the poster hears it was stored. The goal is then judged from the "
+    "POST, which bounds it from above.",
 ]
 
 
@@ -310,3 +325,14 @@ def write(results: dict[str, Any], out: Path) -> None:
         lines.append(f"![{name}]({name})")
     lines.append("")
     (out / "benchmarks.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    # Rewrites docs/benchmarks.md and its plots from the last run's figures (bench/results),
+    # for a change to the report's text alone.
+    import json
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    saved = json.loads((root / "bench" / "results" / "run.json").read_text())
+    write(saved, Path(sys.argv[1]) if len(sys.argv) > 1 else root / "docs")

@@ -124,6 +124,27 @@ def pin_children(pid: int, core: int) -> None:
                        stdout=subprocess.DEVNULL, check=False)  # fmt: skip
 
 
+def settle(pids: list[int], idle: float = 0.05, patience: float = 120.0) -> float:
+    """Seconds until these processes together use under `idle` of a core over one second: a
+    follower that has just loaded ten million messages, or a leader freeing its fork's pages,
+    would otherwise take the core wrk runs on while a figure is measured."""
+    started = time.monotonic()
+
+    def cpu() -> float:
+        ticks = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    while time.monotonic() - started < patience:
+        before = cpu()
+        time.sleep(1.0)
+        if cpu() - before < idle:
+            break
+    return time.monotonic() - started
+
+
 def counters(url: str) -> dict[str, float]:
     """Page reads from memory (hit) and from the store (miss), and store calls made by
     requests (the feed's blocking reads and the presence record excepted)."""
@@ -290,7 +311,10 @@ def main() -> int:
             seed_to(client, size)
             for port in follower_ports:
                 wait_synced(port, leader_port)
-            print(f"{size:,} messages (seeded in {time.monotonic() - started:.1f} s)", flush=True)
+            seeded = time.monotonic() - started
+            quiet = settle([s.pid for s in servers])
+            print(f"{size:,} messages (seeded in {seeded:.1f} s, quiet after {quiet:.1f} s)",
+                  flush=True)  # fmt: skip
             with frontend(store) as url:
                 for name, path in read_paths(size).items():
                     rows.append({"size": size, **measure(name, url + path, args)})
