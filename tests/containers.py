@@ -47,7 +47,9 @@ def wait_for(what: str, probe: Any, timeout: float = 30.0, interval: float = 0.2
     while time.monotonic() < deadline:
         try:
             last = probe()
-        except (httpx.HTTPError, AssertionError) as exc:
+        # A probe's `podman exec` that timed out is "not yet" too: a server inside can stall
+        # (a sentinel blocked in a name lookup while pods are still being created).
+        except (httpx.HTTPError, AssertionError, subprocess.TimeoutExpired) as exc:
             last = exc
         else:
             if last:

@@ -304,7 +304,7 @@ class HaTopology:
         wait_for(
             "the topology to settle",
             lambda: (leader := self.leader_named()) and self.settled(leader),
-            timeout=90,
+            timeout=150,
         )
 
     def start_stores(self) -> None:
@@ -393,7 +393,9 @@ def ha(ha_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaTo
         top.start_stores()
         build = PROJECT_IMAGE.build()
         ready = top.start_frontend()
-        wait_for("the topology to settle", lambda: top.settled("redis-leader-0"), timeout=60)
+        # Long enough for a sentinel stalled at start (a name lookup racing the creation of
+        # other pods' names can take 30 s here) and the 30 s of TILT that follows.
+        wait_for("the topology to settle", lambda: top.settled("redis-leader-0"), timeout=150)
         built = "here" if build else "by an earlier module"
         print(
             f"image built {built} in {PROJECT_IMAGE.build_seconds:.1f}s, "
