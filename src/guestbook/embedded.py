@@ -316,6 +316,14 @@ class EmbeddedServer:
         self._lock.close()
 
 
+async def stop_supervising(supervisor: asyncio.Task[None] | None) -> None:
+    """End `EmbeddedServer.supervise` (no restart while the store is being stopped)."""
+    if supervisor is not None and not supervisor.done():
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
+
+
 def _exit_text(returncode: int | None) -> str:
     if returncode is not None and returncode < 0:
         try:

@@ -149,27 +149,13 @@ class Feed:
     def first_page(self, limit: int, must_include: str | None) -> list[Message] | None:
         """The newest `limit` messages (one more if there is), newest first, or None when
         memory cannot answer."""
-        return self.page(limit, None, must_include)
-
-    def page(
-        self, limit: int, before: str | None, must_include: str | None
-    ) -> list[Message] | None:
-        """`limit` messages older than `before` (the newest when None) and one more if there
-        is, newest first, as `MessageStore.page` reads them; None when memory cannot answer."""
-        older = self.newest(limit + 1, before, must_include)
-        return None if older is None else older[::-1]
-
-    def newest(
-        self, count: int, before: str | None, must_include: str | None
-    ) -> list[Message] | None:
-        """The newest `count` messages older than `before` (any when None), oldest first;
-        None when memory cannot answer (see `span`)."""
-        span = self.span(count, before, must_include)
-        return None if span is None else self.recent[span]
+        span = self.span(limit + 1, None, must_include)
+        return None if span is None else self.recent[span][::-1]
 
     def span(self, count: int, before: str | None, must_include: str | None) -> slice | None:
-        """Where `newest` finds its messages in `recent`, without copying them (a reader of a
-        body already built needs only to know that memory can answer); None when it cannot:
+        """Where the newest `count` messages older than `before` (any when None) are in
+        `recent`, without copying them (a reader of a body already built needs only to know
+        that memory can answer); None when it cannot:
         the reader is not keeping up, has not read the write the reader must see, or the
         window does not reach back far enough. Valid until `recent` next changes."""
         if not self.live or self._head_id is None:

@@ -71,15 +71,23 @@ class PageRead:
     from_memory: bool
 
 
+def memory_span(
+    state: AppState, count: int, before: str | None, must_include: str | None
+) -> slice | None:
+    """Where in the feed's memory the newest `count` messages older than `before` are
+    (`Feed.span`), counted as a read from memory; None when memory cannot answer."""
+    span = state.feed.span(count, before, must_include)
+    if span is not None:
+        state.metrics.page_cache_hit.inc()
+    return span
+
+
 def memory_page(
     state: AppState, limit: int, must_include: str | None, before: str | None = None
 ) -> PageRead | None:
     """A page from the feed's memory, or None when memory cannot answer it."""
-    span = state.feed.span(limit + 1, before, must_include)
-    if span is None:
-        return None
-    state.metrics.page_cache_hit.inc()
-    return _page_in(state, span, limit)
+    span = memory_span(state, limit + 1, before, must_include)
+    return None if span is None else _page_in(state, span, limit)
 
 
 def _page_in(state: AppState, span: slice, limit: int) -> PageRead:
@@ -111,9 +119,8 @@ async def api_page(
     state: AppState, limit: int, before: str | None, must_include: str | None
 ) -> bytes:
     """The JSON of `GET /api/messages`."""
-    span = state.feed.span(limit + 1, before, must_include)
+    span = memory_span(state, limit + 1, before, must_include)
     if span is not None:
-        state.metrics.page_cache_hit.inc()
         # Older pages too: readers paging back follow the same `next` cursors. The messages
         # are taken from memory only to build a body, not for every read of it.
         return state.bodies.get(
@@ -158,9 +165,8 @@ LEGACY_LIMIT = 1000
 async def legacy_list(state: AppState) -> bytes:
     """`{"data": "m1,m2,..."}`, oldest first, for the original PHP page: from the feed's
     memory when it can answer, built once per change of the feed; else one store read."""
-    span = state.feed.span(LEGACY_LIMIT, None, None)
+    span = memory_span(state, LEGACY_LIMIT, None, None)
     if span is not None:
-        state.metrics.page_cache_hit.inc()
         # A thousand messages taken from memory only to build the body, not for every read.
         return state.bodies.get("legacy", lambda: _legacy_body(state.feed.recent[span]))
     state.metrics.page_cache_miss.inc()

@@ -16,7 +16,6 @@ processes, each running `serve_worker`, and supervises them and the store (see w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import signal
@@ -29,7 +28,7 @@ from granian.server.embed import Server
 
 from . import connections
 from .app import create_app
-from .embedded import EmbeddedServer, StoreLost
+from .embedded import EmbeddedServer, StoreLost, stop_supervising
 from .logs import BufferedStdoutHandler, configure_logging
 from .settings import Settings, StoreAddress, discover
 
@@ -188,10 +187,7 @@ async def _run(
         await server.serve()
     finally:
         cutter.cancel()
-        if supervisor is not None and not supervisor.done():
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
+        await stop_supervising(supervisor)
     log.info("stopped")
     log_handler.flush()
     if lost:

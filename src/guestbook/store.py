@@ -855,10 +855,9 @@ class MessageStore:
         wait_ms = self._wait_ms()
         run = partial(self._run_posts, batch, wait_ms)
         try:
-            if self.write_replicas:
-                replies, acked = await self._write(run, "post", extra=wait_ms / 1000)
-            else:
-                replies, acked = await self._write(run, "post")
+            # WAIT blocks on the server by design: the call gets that long on top.
+            extra = wait_ms / 1000 if self.write_replicas else 0.0
+            replies, acked = await self._write(run, "post", extra=extra)
         except BaseException as exc:
             for post in batch:
                 if post.answer.done():
@@ -926,10 +925,11 @@ class MessageStore:
     def _post_error(self, error: ResponseError) -> Exception:
         """What one post of a batch raises for the error the server answered it: a state that
         passes (the rest of the batch ran) is the leader's unavailability, as for one post."""
-        if _transient_error(error) is not None:
+        code = _transient_error(error)
+        if code is not None:
             leader = self._leader_server
             if leader is not None:
-                self._mark_down(leader, "post", _transient_error(error) or "")
+                self._mark_down(leader, "post", code)
             unavailable = LeaderUnavailable("the leader cannot take writes right now")
             unavailable.__cause__ = error
             return unavailable

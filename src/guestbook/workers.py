@@ -37,7 +37,7 @@ import sys
 import time
 from collections import deque
 
-from .embedded import EmbeddedServer, StoreLost, _die_with_parent_hook
+from .embedded import EmbeddedServer, StoreLost, _die_with_parent_hook, stop_supervising
 from .logs import BufferedStdoutHandler
 from .settings import Settings, StoreAddress
 
@@ -196,10 +196,7 @@ async def _supervise(
                 await worker.start()
     finally:
         await _stop_all(workers, settings.shutdown_drain + STOP_GRACE)
-        if supervisor is not None and not supervisor.done():
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
+        await stop_supervising(supervisor)
         log.info("stopped")
         log_handler.flush()
     if failure:
