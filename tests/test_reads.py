@@ -18,7 +18,7 @@ from guestbook.app import GuestbookApp
 from guestbook.feed import WINDOW
 from guestbook.pages import PAGE_SIZE, render_page
 from guestbook.reads import WROTE_COOKIE, WROTE_MAX_AGE, remember_write
-from guestbook.state import AppState, BodyCache
+from guestbook.state import AnswerCache, AppState
 from guestbook.store import MessageStore
 
 pytestmark = pytest.mark.anyio
@@ -220,17 +220,17 @@ async def test_first_page_reads_make_no_store_calls(cluster: Cluster) -> None:
         assert caused == {}, f"{reads} reads from memory made store calls"
 
 
-async def test_the_bodies_kept_stay_bounded_whatever_cursors_clients_send(
+async def test_the_answers_kept_stay_bounded_whatever_cursors_clients_send(
     cluster: Cluster, truth: MessageStore
 ) -> None:
-    ids = seed(cluster, 2 * BodyCache.MAX_BODIES)
+    ids = seed(cluster, 2 * AnswerCache.MAX_ANSWERS)
     async with app_in_process(env_for(cluster)) as (app, client):
         state = state_of(app)
         await caught_up(cluster, state, ids[-1], [])
         for before in ids[1:]:
             answer = await client.get("/api/messages", params={"limit": 1, "before": before})
             assert answer.status_code == 200
-            assert len(state.bodies) <= BodyCache.MAX_BODIES
+            assert len(state.answers) <= AnswerCache.MAX_ANSWERS
         # What is kept is still right: the same cursor twice, the second from the cache.
         await assert_pages_equal_the_store(client, truth, [ids[-2], ids[-2], ids[7], ids[7]], 1)
 

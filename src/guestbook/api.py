@@ -21,12 +21,19 @@ from .posting import (
     remember_held,
 )
 from .problems import documented_problems
-from .reads import api_page, page_query_of, remember_write, wrote_cookie, wrote_cookie_of
+from .reads import (
+    JSON,
+    api_page,
+    api_page_in_memory,
+    page_query_of,
+    remember_write,
+    wrote_cookie,
+    wrote_cookie_of,
+)
 from .state import AppState
 
 router = APIRouter(prefix="/api", tags=["messages"])
 
-JSON = "application/json"
 NEW_MESSAGE_REF = "#/components/schemas/NewMessage"
 
 
@@ -188,7 +195,7 @@ async def messages_response(
     state: AppState, limit: int, before: str | None, must_include: str | None
 ) -> Response:
     """The answer to `GET /api/messages`, whichever path serves it."""
-    return Response(await api_page(state, limit, before, must_include), media_type=JSON)
+    return await api_page(state, limit, before, must_include)
 
 
 async def fast_messages(request: Request, state: AppState) -> Response | None:
@@ -197,7 +204,8 @@ async def fast_messages(request: Request, state: AppState) -> Response | None:
     query = page_query_of(request.scope["query_string"])
     if query is None:
         return None
-    return await messages_response(state, *query, wrote_cookie_of(request))
+    wrote = wrote_cookie_of(request)
+    return api_page_in_memory(state, *query, wrote) or await api_page(state, *query, wrote)
 
 
 @router.post(

@@ -16,7 +16,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from . import (
     __version__,
@@ -59,18 +58,16 @@ FAST_HANDLERS: dict[tuple[str, str], Handler] = {
 }
 
 
-class GuestbookApp:
+class GuestbookApp(RequestMiddleware):
     """The ASGI app served: per-request bookkeeping and the read fast path wrapped around the
     FastAPI app. They sit outside FastAPI's own middleware stack so that the most frequent
-    request pays for neither; everything they do not answer goes through FastAPI."""
+    request pays for neither; everything they do not answer goes through FastAPI. (A subclass
+    rather than a wrapper: one call fewer on every request.)"""
 
     def __init__(self, api: FastAPI, metrics: Metrics) -> None:
+        super().__init__(api, FastPath(api, FAST_HANDLERS), metrics)
         self.api = api
         self.state = api.state
-        self._app = RequestMiddleware(FastPath(api, FAST_HANDLERS), metrics)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._app(scope, receive, send)
 
 
 def create_app(

@@ -77,13 +77,18 @@ async def feed_response(state: AppState, if_none_match: str | None) -> Response:
     """The feed, whichever path serves it; 304 when the reader has it already."""
     read = await read_page(state, ENTRIES, None, None)
     if read.from_memory:
-        body = state.bodies.get("atom", lambda: encode_feed(read.messages))
+        feed = state.answers.get("atom", lambda: _feed_answer(read.messages))
     else:
-        body = encode_feed(read.messages)
-    etag = _etag(body)
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        feed = _feed_answer(read.messages)
+    etag = feed.headers["etag"]
     if if_none_match and etag in {t.strip() for t in if_none_match.split(",")}:
-        return Response(status_code=304, headers=headers)
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
+    return feed
+
+
+def _feed_answer(messages: list[Message]) -> Response:
+    body = encode_feed(messages)
+    headers = {"ETag": _etag(body), "Cache-Control": "no-cache"}
     return Response(body, headers=headers, media_type=ATOM)
 
 

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from .errors import GuestbookError
 from .problems import answer_error
@@ -30,7 +30,6 @@ Handler = Callable[[Request, AppState], Awaitable[Response | None]]
 
 class FastPath:
     def __init__(self, app: FastAPI, handlers: Mapping[tuple[str, str], Handler]) -> None:
-        self.app: ASGIApp = app
         # Each handler beside the route that serves its method and path (GET and POST
         # /api/messages are two routes), for metrics and logs.
         routes: dict[tuple[str, str], BaseRoute] = {}
@@ -39,25 +38,24 @@ class FastPath:
                 routes.setdefault((method, route.path), route)
         self._table = {key: (handler, routes[key]) for key, handler in handlers.items()}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            entry = self._table.get((scope["method"], scope["path"]))
-            state = scope.get("state", {}).get("app") if entry is not None else None
-            if entry is not None and state is not None:
-                handler, route = entry
-                request = Request(scope, receive)
-                # Named before the handler runs, so that what escapes it (a client that left,
-                # answered by the middleware) is counted under its route too; a handler that
-                # leaves the request to the framework has it named again there.
-                scope["route"] = route
-                try:
-                    response = await handler(request, state)
-                except GuestbookError as exc:
-                    response = answer_error(exc, request.method, scope["path"], request.headers)
-                if response is not None:
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+    async def answer(self, scope: Scope, receive: Receive) -> Response | None:
+        """The fast path's answer to an HTTP request, or None for the framework to answer."""
+        entry = self._table.get((scope["method"], scope["path"]))
+        if entry is None:
+            return None
+        state = scope.get("state", {}).get("app")
+        if state is None:
+            return None
+        handler, route = entry
+        request = Request(scope, receive)
+        # Named before the handler runs, so that what escapes it (a client that left,
+        # answered by the middleware) is counted under its route too; a handler that
+        # leaves the request to the framework has it named again there.
+        scope["route"] = route
+        try:
+            return await handler(request, state)
+        except GuestbookError as exc:
+            return answer_error(exc, request.method, scope["path"], request.headers)
 
 
 def all_routes(routes: Iterable[BaseRoute]) -> Iterator[Route]:

@@ -9,7 +9,7 @@ instead of holding a store connection each. A page beyond the window is one stor
 
 The same blocking read follows the removal records (`MessageStore.watch_changes`): a removed
 message leaves the memory (which tops itself up from the store with one read when that leaves
-it short of the largest page), `version` moves so cached bodies are rebuilt, and subscribers
+it short of the largest page), `version` moves so kept answers are rebuilt, and subscribers
 are told, whether or not the message was in memory (a live client may show older ones). The
 feed remembers the latest removals, so that neither a follower a little behind nor a client
 resuming from a recent id brings a removed message back.
@@ -162,7 +162,7 @@ class Feed:
             return None
         head = self._head_key
         wanted = self.store.must_show(must_include)
-        if wanted is not None and head < id_key(wanted):
+        if wanted is not None and head < wanted:
             return None
         if before is None:
             end = len(self.recent)

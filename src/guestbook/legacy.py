@@ -21,11 +21,10 @@ from starlette.responses import Response
 from .errors import Refused
 from .posting import post, remember_held
 from .problems import documented_legacy_errors
-from .reads import legacy_list, remember_write
+from .reads import JSON, legacy_list, remember_write
 from .state import AppState
 
 router = APIRouter(tags=["legacy"])
-JSON = "application/json"
 
 
 async def _legacy(request: Request, cmd: str, value: str | None) -> Response:
@@ -60,7 +59,7 @@ def _check_utf8(request: Request) -> None:
 
 async def legacy_get(state: AppState) -> Response:
     """The answer to `cmd=get`, whichever path serves it."""
-    return Response(await legacy_list(state), media_type=JSON)
+    return await legacy_list(state)
 
 
 async def fast_get(request: Request, state: AppState) -> Response | None:

@@ -7,12 +7,15 @@ One pure-ASGI wrapper does all of it so that the read path pays for one layer, n
 from __future__ import annotations
 
 import time
+from itertools import chain
 from random import getrandbits
 
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import Refused
+from .fastpath import FastPath
 from .logs import AccessLog, request_id
 from .metrics import Metrics
 from .problems import answer_error
@@ -30,6 +33,9 @@ _SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
+# What every response gets, after its own headers and its request id.
+_HEADERS = ((b"content-security-policy", CSP.encode()), *_SECURITY_HEADERS)
+_DOCS_HEADERS = ((b"content-security-policy", DOCS_CSP.encode()), *_SECURITY_HEADERS)
 
 
 NO_HEAD = frozenset({"/api/messages/stream"})
@@ -48,8 +54,9 @@ def _oversized(scope: Scope) -> Refused | None:
     target = len(scope.get("raw_path") or scope["path"]) + len(scope.get("query_string", b""))
     if target > MAX_TARGET:
         return Refused(414, f"The address is over {MAX_TARGET // 1024} KiB.")
-    # Each header as sent: name, ": ", value, CRLF.
-    size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+    # Each header as sent: name, ": ", value, CRLF (counted in C: this runs for every request).
+    headers = scope["headers"]
+    size = sum(map(len, chain.from_iterable(headers))) + 4 * len(headers)
     if size > MAX_HEADERS:
         return Refused(431, f"The request's headers are over {MAX_HEADERS // 1024} KiB.")
     return None
@@ -66,11 +73,24 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return f"{getrandbits(64):016x}"
 
 
-class RequestMiddleware:
-    """Security headers on every response; metrics and an access log line per request."""
+def _plain(response: Response) -> bool:
+    """A response that is a status, headers and a body known in full (Starlette's own
+    `Response.__call__`, nothing to run after it): the middleware sends it itself."""
+    return type(response).__call__ is Response.__call__ and response.background is None
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+
+class RequestMiddleware:
+    """Security headers on every response; metrics and an access log line per request; the
+    fast path asked first.
+
+    An answer of the fast path that is plain (`_plain`: most reads are one kept from memory)
+    is sent here as two messages with the headers added, which is the whole cost of a read
+    from memory beyond the server's own; anything else is sent through a wrapper of `send`
+    that adds them on its way."""
+
+    def __init__(self, app: ASGIApp, fast: FastPath, metrics: Metrics) -> None:
         self.app = app
+        self.fast = fast
         self.metrics = metrics
         self.access = AccessLog()
 
@@ -83,7 +103,6 @@ class RequestMiddleware:
         started = False
         path: str = scope["path"]
         method: str = scope["method"]
-        csp = (DOCS_CSP if path == "/docs" else CSP).encode()
         # HEAD is GET without the body (RFC 9110): every GET route answers it, headers and
         # Content-Length included. Not the live stream, whose body never ends.
         head = method == "HEAD" and path not in NO_HEAD
@@ -91,7 +110,11 @@ class RequestMiddleware:
             scope = {**scope, "method": "GET"}
         rid = _request_id(scope["headers"])
         token = request_id.set(rid)
-        rid_header = (b"x-request-id", rid.encode())
+        added = [(b"x-request-id", rid.encode()), *(_DOCS_HEADERS if path == "/docs" else _HEADERS)]
+        state = scope.get("state", {}).get("app")
+        if state is not None and state.shutting_down.is_set():
+            # Stopping: keep-alive clients should reconnect to another instance.
+            added.append((b"connection", b"close"))
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, started
@@ -100,22 +123,24 @@ class RequestMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"content-security-policy", csp))
-                headers.append(rid_header)
-                headers.extend(_SECURITY_HEADERS)
-                state = scope.get("state", {}).get("app")
-                if state is not None and state.shutting_down.is_set():
-                    # Stopping: keep-alive clients should reconnect to another instance.
-                    headers.append((b"connection", b"close"))
-                message = {**message, "headers": headers}
+                message = {**message, "headers": [*message.get("headers", ()), *added]}
             await send(message)
 
         try:
             oversized = _oversized(scope)
             if oversized is not None:
                 raise oversized
-            await self.app(scope, receive, send_wrapper)
+            response = await self.fast.answer(scope, receive)
+            if response is None:
+                await self.app(scope, receive, send_wrapper)
+            elif _plain(response):
+                status = response.status_code
+                started = True
+                headers = [*response.raw_headers, *added]
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": b"" if head else response.body})
+            else:
+                await response(scope, receive, send_wrapper)
         except Exception as exc:
             if started:
                 return  # answered already (FastAPI's own handler logged it)

@@ -17,11 +17,11 @@ from .bodies import read_body
 from .errors import Refused
 from .messages import ID_PATTERN
 from .problems import documented_problems
+from .reads import JSON
 from .state import AppState
 
 router = APIRouter(prefix="/api", tags=["moderation"])
 
-JSON = "application/json"
 MAX_REASON = 500
 Id = Annotated[str, Path(pattern=ID_PATTERN, description="A message or held-post id")]
 

@@ -7,9 +7,11 @@ follower): while the store cannot be read it shows the feed's last copy, saying 
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from starlette.datastructures import QueryParams
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from . import moderation
@@ -19,7 +21,7 @@ from .errors import GuestbookError, StoreError
 from .messages import ID_PATTERN, Message, is_id
 from .posting import held_ids, post, remember_held
 from .problems import problem_for
-from .reads import memory_page, read_page, remember_write, wrote_cookie
+from .reads import cookies_of, memory_span, read_page, remember_write, wrote_cookie
 from .state import AppState
 from .templates import template
 
@@ -75,16 +77,16 @@ async def page_response(
     if before is not None:
         older = await read_page(state, PAGE_SIZE + 1, before, None)
         if older.from_memory:
-            page = state.bodies.get(
-                ("page", before), lambda: render_page(state, older.messages, before=before).encode()
+            return state.answers.get(
+                ("page", before),
+                lambda: HTMLResponse(render_page(state, older.messages, before=before)),
             )
-            return HTMLResponse(page)
         return HTMLResponse(render_page(state, older.messages, before=before))
     waiting = await _held(state, held)
-    cached = memory_page(state, PAGE_SIZE + 1, must_include)
-    if cached is not None and not waiting:
-        messages = cached.messages
-        return HTMLResponse(state.bodies.get("page", lambda: render_page(state, messages).encode()))
+    if not waiting:
+        answer = newest_in_memory(state, must_include)
+        if answer is not None:
+            return answer
     try:
         messages = await _newest(state, must_include)
     except StoreError:
@@ -100,6 +102,18 @@ async def page_response(
     return HTMLResponse(render_page(state, messages, held=waiting))
 
 
+def newest_in_memory(state: AppState, must_include: str | None) -> Response | None:
+    """The first page from the feed's memory, built once per change of the feed; None when
+    memory cannot answer."""
+    span = memory_span(state, PAGE_SIZE + 1, None, must_include)
+    if span is None:
+        return None
+    # The messages are taken from memory only to build the page, not for every read of it.
+    return state.answers.get(
+        "page", lambda: HTMLResponse(render_page(state, state.feed.recent[span][::-1]))
+    )
+
+
 async def _held(state: AppState, held: list[str]) -> list[Message]:
     """The poster's own posts still waiting for a moderator (approved or rejected ones are
     gone from the queue, and so from here)."""
@@ -113,15 +127,30 @@ async def _held(state: AppState, held: list[str]) -> list[Message]:
 
 async def fast_page(request: Request, state: AppState) -> Response | None:
     """The fast path's door to `page_response`: `before` alone and well-formed, or nothing."""
-    params = request.query_params
+    query = _page_query(request.scope["query_string"])
+    if query is None:
+        return None
+    (before,) = query
+    cookies = cookies_of(request)
+    must_include, held = wrote_cookie(cookies), held_ids(cookies)
+    if before is None and not held:
+        answer = newest_in_memory(state, must_include)
+        if answer is not None:
+            return answer
+    return await page_response(state, before, must_include, held)
+
+
+@lru_cache(maxsize=64)
+def _page_query(query_string: bytes) -> tuple[str | None] | None:
+    """`(before,)` when it is given alone and well-formed, or not at all; None leaves the
+    request to the route, which explains. Remembered: most reads send no query at all."""
+    params = QueryParams(query_string)
     before = params.get("before")
     if len(params.multi_items()) != len(params) or not set(params) <= {"before"}:
         return None
     if before is not None and not is_id(before):
         return None
-    return await page_response(
-        state, before, wrote_cookie(request.cookies), held_ids(request.cookies)
-    )
+    return (before,)
 
 
 @router.get("/favicon.ico")

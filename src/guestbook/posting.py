@@ -9,7 +9,7 @@ A post judged as spam is held, never dropped: a false positive is one `approve` 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
 from starlette.requests import Request
@@ -134,6 +134,6 @@ def remember_held(request: Request, response: Response, held_id: str) -> None:
     )
 
 
-def held_ids(cookies: dict[str, str]) -> list[str]:
+def held_ids(cookies: Mapping[str, str]) -> list[str]:
     value = cookies.get(HELD_COOKIE, "")
     return [i for i in value.split(".") if is_id(i)][-HELD_KEPT:]

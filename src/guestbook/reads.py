@@ -3,8 +3,8 @@ list — used by the routes and by the fast path alike, so an answer is the same
 whichever path gives it; and the read-your-writes rule they all honour.
 
 Every page within the feed's window (the newest 10,000 messages) and the legacy list come from
-the feed's memory when it can answer (see `feed.py`), their bodies encoded once per change of
-the feed (see `BodyCache`). Anything else is one store read.
+the feed's memory when it can answer (see `feed.py`), their answers built once per change of
+the feed (see `AnswerCache`). Anything else is one store read.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from starlette.responses import Response
 
 from .messages import DEFAULT_PAGE, MAX_PAGE, Message, is_id
 from .state import AppState
+
+JSON = "application/json"
 
 # --- read-your-writes ------------------------------------------------------------------------
 
@@ -44,12 +46,20 @@ def remember_write(response: Response, message_id: str) -> None:
         )
 
 
+_NO_COOKIES: Mapping[str, str] = {}
+
+
+def cookies_of(request: Request) -> Mapping[str, str]:
+    """A request's cookies; one that sends none (most readers, that never posted) is not
+    asked to parse them."""
+    for name, _ in request.scope["headers"]:
+        if name == b"cookie":
+            return request.cookies
+    return _NO_COOKIES
+
+
 def wrote_cookie_of(request: Request) -> str | None:
-    """`wrote_cookie` of a request's cookies; a request that sends none (most readers that
-    never posted) is not asked to parse them."""
-    if any(name == b"cookie" for name, _ in request.scope["headers"]):
-        return wrote_cookie(request.cookies)
-    return None
+    return wrote_cookie(cookies_of(request))
 
 
 def wrote_cookie(cookies: Mapping[str, str]) -> str | None:
@@ -115,18 +125,31 @@ def encode_page(read: PageRead) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def api_page_in_memory(
+    state: AppState, limit: int, before: str | None, must_include: str | None
+) -> Response | None:
+    """The answer to `GET /api/messages` from the feed's memory, or None when memory cannot
+    answer. Not a coroutine: the fast path answers most reads with no await between."""
+    span = memory_span(state, limit + 1, before, must_include)
+    if span is None:
+        return None
+    # Older pages too: readers paging back follow the same `next` cursors. The messages are
+    # taken from memory only to build an answer, not for every read of it.
+    return state.answers.get(
+        ("api", limit, before),
+        lambda: Response(encode_page(_page_in(state, span, limit)), media_type=JSON),
+    )
+
+
 async def api_page(
     state: AppState, limit: int, before: str | None, must_include: str | None
-) -> bytes:
-    """The JSON of `GET /api/messages`."""
-    span = memory_span(state, limit + 1, before, must_include)
-    if span is not None:
-        # Older pages too: readers paging back follow the same `next` cursors. The messages
-        # are taken from memory only to build a body, not for every read of it.
-        return state.bodies.get(
-            ("api", limit, before), lambda: encode_page(_page_in(state, span, limit))
-        )
-    return encode_page(await read_page(state, limit, before, must_include))
+) -> Response:
+    """The answer to `GET /api/messages`."""
+    answer = api_page_in_memory(state, limit, before, must_include)
+    if answer is not None:
+        return answer
+    page = await read_page(state, limit, before, must_include)
+    return Response(encode_page(page), media_type=JSON)
 
 
 @lru_cache(maxsize=64)
@@ -162,17 +185,18 @@ def page_query(params: QueryParams) -> tuple[int, str | None] | None:
 LEGACY_LIMIT = 1000
 
 
-async def legacy_list(state: AppState) -> bytes:
+async def legacy_list(state: AppState) -> Response:
     """`{"data": "m1,m2,..."}`, oldest first, for the original PHP page: from the feed's
     memory when it can answer, built once per change of the feed; else one store read."""
     span = memory_span(state, LEGACY_LIMIT, None, None)
     if span is not None:
-        # A thousand messages taken from memory only to build the body, not for every read.
-        return state.bodies.get("legacy", lambda: _legacy_body(state.feed.recent[span]))
+        # A thousand messages taken from memory only to build the answer, not for every read.
+        return state.answers.get("legacy", lambda: _legacy_answer(state.feed.recent[span]))
     state.metrics.page_cache_miss.inc()
-    return _legacy_body(await state.store.newest_oldest_first(LEGACY_LIMIT))
+    return _legacy_answer(await state.store.newest_oldest_first(LEGACY_LIMIT))
 
 
-def _legacy_body(messages: list[Message]) -> bytes:
+def _legacy_answer(messages: list[Message]) -> Response:
     # json.dumps' default separators give exactly the PHP page's `{"data": "..."}`.
-    return json.dumps({"data": ",".join(m.text for m in messages)}).encode()
+    body = json.dumps({"data": ",".join(m.text for m in messages)}).encode()
+    return Response(body, media_type=JSON)

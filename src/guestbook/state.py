@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from starlette.responses import Response
+
 from .errors import StoreError
 from .feed import Feed
 from .metrics import Metrics
@@ -18,28 +20,30 @@ if TYPE_CHECKING:
     from .live import Hub
 
 
-class BodyCache:
-    """Response bodies built from the feed's memory, kept until the feed changes; at most
-    MAX_BODIES of them, since older pages are keyed by the cursors clients send."""
+class AnswerCache:
+    """Responses built from the feed's memory, kept until the feed changes; at most
+    MAX_ANSWERS of them, since older pages are keyed by the cursors clients send. A kept
+    response is sent as it is to every reader of it: nothing may change its headers (the
+    middleware adds its own to a copy)."""
 
-    MAX_BODIES = 256
+    MAX_ANSWERS = 256
 
     def __init__(self, feed: Feed) -> None:
         self.feed = feed
-        self._bodies: dict[object, bytes] = {}
+        self._answers: dict[object, Response] = {}
         self._version = -1
 
     def __len__(self) -> int:
-        return len(self._bodies)
+        return len(self._answers)
 
-    def get(self, key: object, build: Callable[[], bytes]) -> bytes:
-        if self._version != self.feed.version or len(self._bodies) >= self.MAX_BODIES:
-            self._bodies.clear()
+    def get(self, key: object, build: Callable[[], Response]) -> Response:
+        if self._version != self.feed.version or len(self._answers) >= self.MAX_ANSWERS:
+            self._answers.clear()
             self._version = self.feed.version
-        body = self._bodies.get(key)
-        if body is None:
-            body = self._bodies[key] = build()
-        return body
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = build()
+        return answer
 
 
 async def _or_empty(listing: Awaitable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -64,15 +68,15 @@ class AppState:
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     # The live clients; made right after this object, in the lifespan, since it reads it.
     hub: Hub = field(init=False)
-    # First-page bodies encoded once per change of the feed, shared by every reader.
-    bodies: BodyCache = field(init=False)
+    # Answers from memory built once per change of the feed, shared by every reader.
+    answers: AnswerCache = field(init=False)
     read_from: str = "follower"
     # The block list as last read from the store, and until when it is trusted.
     blocklist: frozenset[str] = frozenset()
     blocklist_until: float = 0.0
 
     def __post_init__(self) -> None:
-        self.bodies = BodyCache(self.feed)
+        self.answers = AnswerCache(self.feed)
 
     async def status_dict(self) -> dict[str, Any]:
         from .presence import frontends  # presence reads this state: imported when asked

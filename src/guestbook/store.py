@@ -406,6 +406,8 @@ class MessageStore:
     _asked_at: float = field(init=False, default=0.0)
     _sentinel_error: str | None = field(init=False, default=None)
     last_write_id: str | None = field(init=False, default=None)
+    # Its sort key, which every read from memory compares with (`must_show`).
+    _last_write_key: tuple[int, int] | None = field(init=False, default=None)
     # Posts made in this turn of the event loop, sent together at the next (`_post`), and the
     # batches on the wire.
     _posts: list[_QueuedPost] = field(init=False, default_factory=list)
@@ -942,20 +944,22 @@ class MessageStore:
         so that its pages show it as they show its own posts."""
         self._note_write(entry_id)
 
-    def must_show(self, must_include: str | None) -> str | None:
+    def must_show(self, must_include: str | None) -> tuple[int, int] | None:
         """The read-your-writes rule, the one definition: a read must hold the newer of the
-        reader's own write (its cookie) and this process's last write, when there is one."""
+        reader's own write (its cookie) and this process's last write, when there is one;
+        answered as the id's sort key (`id_key`), which is what a read compares."""
         # Asked by every read served from memory: no list built for the usual one-or-none.
-        last = self.last_write_id
+        last = self._last_write_key
         if not must_include:
             return last
-        if last is None or id_key(must_include) >= id_key(last):
-            return must_include
-        return last
+        wanted = id_key(must_include)
+        return wanted if last is None or wanted >= last else last
 
     def _note_write(self, entry_id: str) -> None:
-        if self.last_write_id is None or id_key(entry_id) > id_key(self.last_write_id):
+        key = id_key(entry_id)
+        if self._last_write_key is None or key > self._last_write_key:
             self.last_write_id = entry_id
+            self._last_write_key = key
 
     async def import_message(
         self, source_key: str, text: str, created_ms: int, wanted_id: str | None
@@ -997,7 +1001,7 @@ class MessageStore:
             bound = parse_id(before)
             if bound == (0, 0):
                 return Page([], None, "leader")  # nothing is older than the first id
-            if wanted is not None and id_key(wanted) >= bound:
+            if wanted is not None and wanted >= bound:
                 wanted = None  # the write is newer than this page: it is not one of its messages
         high = f"({before}" if before else "+"
 
@@ -1017,7 +1021,7 @@ class MessageStore:
         if (
             wanted is not None
             and server is not self._leader_server
-            and (head is None or id_key(head) < id_key(wanted))
+            and (head is None or id_key(head) < wanted)
         ):
             try:
                 server = self._the_leader()
@@ -1153,7 +1157,7 @@ class MessageStore:
 
         entries, _ = await self._read(fetch, "legacy_get")
         wanted = self.must_show(None)
-        if wanted is not None and (not entries or id_key(entries[0][0]) < id_key(wanted)):
+        if wanted is not None and (not entries or id_key(entries[0][0]) < wanted):
             with contextlib.suppress(StoreUnavailable):
                 entries = await self._call(self._the_leader(), fetch, "legacy_get")
         return [_message(entry) for entry in reversed(entries)]
