@@ -1,5 +1,6 @@
 """The server's own floor: a bare ASGI hello-world on granian, with the settings `guestbook
-serve` uses (embedded granian, HTTP/1 only, no WebSockets, backlog 2048, uvloop).
+serve` uses (embedded granian, HTTP/1 only, no WebSockets, backlog 2048, uvloop). `GET /stream`
+starts an event stream and keeps it open, for what an open stream costs the server itself.
 
     python bench/hello_asgi.py PORT
 """
@@ -14,6 +15,7 @@ from granian.server.embed import Server
 
 BODY = b"Hello, world!"
 HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"13")]
+STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -25,6 +27,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             else:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"] == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
+        await send({"type": "http.response.body", "body": b": open\n\n", "more_body": True})
+        await receive()  # the client's disconnect
+        return
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})
 

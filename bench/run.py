@@ -263,6 +263,16 @@ def live_feed(clients: int, messages: int) -> dict[str, Any]:
     return result
 
 
+def memory_floor(clients: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "memory_floor.py"), "--clients", str(clients)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    print(f"  memory floor: server {result['server']}, imports {result['imports']} MB")
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,10000,1000000,10000000",
@@ -348,6 +358,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print("live feed", flush=True)
+    results["memory_floor"] = memory_floor(args.live_clients)
     results["live"] = {str(args.live_clients): live_feed(args.live_clients, 100)}
     if args.live_big:
         results["live"]["10000"] = live_feed(10_000, 50)
