@@ -1,18 +1,23 @@
 """The server's own floor: a bare ASGI hello-world on granian, with the settings `guestbook
 serve` uses (embedded granian, HTTP/1 only, no WebSockets, backlog 2048, uvloop). `GET /stream`
 starts an event stream and keeps it open, for what an open stream costs the server itself.
+Given a recorded answer (a JSON file: status, headers, body), it answers every other request
+with those bytes instead: the server's floor for that very answer.
 
-    python bench/hello_asgi.py PORT
+    python bench/hello_asgi.py PORT [ANSWER.json]
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from granian.constants import HTTPModes, Interfaces
 from granian.server.embed import Server
 
+STATUS = 200
 BODY = b"Hello, world!"
 HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"13")]
 STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -32,7 +37,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b": open\n\n", "more_body": True})
         await receive()  # the client's disconnect
         return
-    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.start", "status": STATUS, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})
 
 
@@ -53,4 +58,9 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     import uvloop
 
+    if len(sys.argv) > 2:
+        recorded = json.loads(Path(sys.argv[2]).read_text())
+        STATUS = recorded["status"]
+        HEADERS = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in recorded["headers"]]
+        BODY = recorded["body"].encode("utf-8")
     uvloop.run(main(int(sys.argv[1])))

@@ -47,9 +47,15 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 
     first = _rows(results, "first page (API)")
     worst = min((r["rps"] for r in first), default=0.0)
+    same = results["baselines"].get("same_bytes")
+    same_text = (
+        f"; the bare server answering the same bytes is {same['rps'] / granian:.2f}x its "
+        f"hello-world, and the first page {worst / same['rps']:.2f}x that"
+        if same else ""
+    )  # fmt: skip
     out.append((
         "R1", "first page ≥ 0.9x granian hello and ≥ 1.0x uvicorn hello (every size)",
-        f"lowest {worst / granian:.2f}x granian, {worst / uvicorn:.2f}x uvicorn",
+        f"lowest {worst / granian:.2f}x granian, {worst / uvicorn:.2f}x uvicorn{same_text}",
         worst >= 0.9 * granian and worst >= uvicorn,
     ))  # fmt: skip
 
@@ -272,6 +278,13 @@ def write(results: dict[str, Any], out: Path) -> None:
         f"| Starlette hello-world, uvicorn | {uvicorn['rps']:,.0f} | {_fmt(uvicorn['p50_ms'])} "
         f"| {_fmt(uvicorn['p99_ms'])} |",
     ]
+    same = results["baselines"].get("same_bytes")
+    if same:
+        lines.append(
+            f"| bare ASGI on granian answering the first page's own bytes ({same['bytes']:,} "
+            f"bytes, {same['headers']} headers) | {same['rps']:,.0f} | {_fmt(same['p50_ms'])} "
+            f"| {_fmt(same['p99_ms'])} |"
+        )
     floor = results.get("floor")
     if floor:
         lines.append(

@@ -200,6 +200,34 @@ def baselines(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
+# Set by the server for each answer it sends, not by the app.
+_SERVER_HEADERS = {"date", "server", "connection", "transfer-encoding"}
+
+
+def same_bytes(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The bare server answering the first page's own bytes (its status, headers and body as
+    guestbook sent them): what that answer costs the server before any of guestbook's work."""
+    answer = httpx.get(url, timeout=10)
+    recorded = tmp / "first-page.json"
+    recorded.write_text(json.dumps({
+        "status": answer.status_code,
+        "headers": [(k.decode("latin-1"), v.decode("latin-1"))
+                    for k, v in answer.headers.raw if k.decode("latin-1").lower()
+                    not in _SERVER_HEADERS],
+        "body": answer.content.decode("utf-8"),
+    }))  # fmt: skip
+    port = free_port()
+    hello = [*pin(1), sys.executable, str(ROOT / "bench" / "hello_asgi.py"), str(port),
+             str(recorded)]  # fmt: skip
+    with process(hello):
+        wait_http(f"http://{HOST}:{port}/")
+        load.run(f"http://{HOST}:{port}/", 1, args.connections, pin=pin(0))
+        figures = load.run(f"http://{HOST}:{port}/", args.seconds, args.connections, pin=pin(0))
+    row = {**asdict(figures), "bytes": len(answer.content), "headers": len(answer.headers.raw)}
+    print(f"  granian, the first page's bytes {figures.rps:,.0f} req/s", flush=True)
+    return row
+
+
 def read_paths(size: int) -> dict[str, str]:
     """The read paths measured at `size`: path and query."""
     # A page in the middle of the window (of the guestbook, when it is smaller).
@@ -326,6 +354,9 @@ def main() -> int:
             print(f"{size:,} messages (seeded in {seeded:.1f} s, quiet after {quiet:.1f} s)",
                   flush=True)  # fmt: skip
             with frontend(store) as url:
+                if "same_bytes" not in results["baselines"]:
+                    same = same_bytes(url + "/api/messages?limit=20", args, tmp)
+                    results["baselines"]["same_bytes"] = same
                 for name, path in read_paths(size).items():
                     rows.append({"size": size, **measure(name, url + path, args)})
             if size == sizes[0]:

@@ -26,32 +26,43 @@ from .problems import answer_error
 from .state import AppState
 
 Handler = Callable[[Request, AppState], Awaitable[Response | None]]
+# A read that memory may answer, tried before its handler with no await: the answer kept for
+# the feed's current state, or None (then the handler answers, which reads the store).
+FromMemory = Callable[[Request, AppState], Response | None]
 
 
 class FastPath:
-    def __init__(self, app: FastAPI, handlers: Mapping[tuple[str, str], Handler]) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        handlers: Mapping[tuple[str, str], Handler],
+        from_memory: Mapping[tuple[str, str], FromMemory],
+    ) -> None:
         # Each handler beside the route that serves its method and path (GET and POST
         # /api/messages are two routes), for metrics and logs.
         routes: dict[tuple[str, str], BaseRoute] = {}
         for route in all_routes(app.router.routes):
             for method in route.methods or ():
                 routes.setdefault((method, route.path), route)
-        self._table = {key: (handler, routes[key]) for key, handler in handlers.items()}
+        self._table = {
+            key: (handler, from_memory.get(key), routes[key]) for key, handler in handlers.items()
+        }
 
-    async def answer(self, scope: Scope, receive: Receive) -> Response | None:
+    async def answer(self, scope: Scope, receive: Receive, state: AppState) -> Response | None:
         """The fast path's answer to an HTTP request, or None for the framework to answer."""
         entry = self._table.get((scope["method"], scope["path"]))
         if entry is None:
             return None
-        state = scope.get("state", {}).get("app")
-        if state is None:
-            return None
-        handler, route = entry
+        handler, memory, route = entry
         request = Request(scope, receive)
         # Named before the handler runs, so that what escapes it (a client that left,
         # answered by the middleware) is counted under its route too; a handler that
         # leaves the request to the framework has it named again there.
         scope["route"] = route
+        if memory is not None:
+            kept = memory(request, state)
+            if kept is not None:
+                return kept
         try:
             return await handler(request, state)
         except GuestbookError as exc:

@@ -7,7 +7,6 @@ One pure-ASGI wrapper does all of it so that the read path pays for one layer, n
 from __future__ import annotations
 
 import time
-from itertools import chain
 from random import getrandbits
 
 from starlette.datastructures import Headers
@@ -50,27 +49,29 @@ MAX_TARGET = 8 * 1024
 MAX_HEADERS = 8 * 1024
 
 
-def _oversized(scope: Scope) -> Refused | None:
+def _read_head(scope: Scope) -> tuple[str, Refused | None]:
+    """The request's id, and its refusal when its address or headers are too large: one pass
+    over the headers, which every request pays for."""
+    given: bytes | None = None
+    # Each header as sent: name, ": ", value, CRLF.
+    size = 0
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
+        if name == b"x-request-id" and given is None:
+            given = value
+    if given is not None and 0 < len(given) <= MAX_REQUEST_ID and set(given) <= _ID_CHARS:
+        rid = given.decode("ascii")
+    else:
+        # An id to follow a request by, not a secret: the process's own generator, which asks
+        # the kernel for nothing (os.urandom was a syscall per request, and let granian's
+        # threads in).
+        rid = f"{getrandbits(64):016x}"
     target = len(scope.get("raw_path") or scope["path"]) + len(scope.get("query_string", b""))
     if target > MAX_TARGET:
-        return Refused(414, f"The address is over {MAX_TARGET // 1024} KiB.")
-    # Each header as sent: name, ": ", value, CRLF (counted in C: this runs for every request).
-    headers = scope["headers"]
-    size = sum(map(len, chain.from_iterable(headers))) + 4 * len(headers)
+        return rid, Refused(414, f"The address is over {MAX_TARGET // 1024} KiB.")
     if size > MAX_HEADERS:
-        return Refused(431, f"The request's headers are over {MAX_HEADERS // 1024} KiB.")
-    return None
-
-
-def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
-    for name, value in headers:
-        if name == b"x-request-id":
-            if 0 < len(value) <= MAX_REQUEST_ID and set(value) <= _ID_CHARS:
-                return value.decode("ascii")
-            break
-    # An id to follow a request by, not a secret: the process's own generator, which asks the
-    # kernel for nothing (os.urandom was a syscall per request, and let granian's threads in).
-    return f"{getrandbits(64):016x}"
+        return rid, Refused(431, f"The request's headers are over {MAX_HEADERS // 1024} KiB.")
+    return rid, None
 
 
 def _plain(response: Response) -> bool:
@@ -108,7 +109,7 @@ class RequestMiddleware:
         head = method == "HEAD" and path not in NO_HEAD
         if head:
             scope = {**scope, "method": "GET"}
-        rid = _request_id(scope["headers"])
+        rid, oversized = _read_head(scope)
         token = request_id.set(rid)
         added = [(b"x-request-id", rid.encode()), *(_DOCS_HEADERS if path == "/docs" else _HEADERS)]
         state = scope.get("state", {}).get("app")
@@ -127,10 +128,9 @@ class RequestMiddleware:
             await send(message)
 
         try:
-            oversized = _oversized(scope)
             if oversized is not None:
                 raise oversized
-            response = await self.fast.answer(scope, receive)
+            response = None if state is None else await self.fast.answer(scope, receive, state)
             if response is None:
                 await self.app(scope, receive, send_wrapper)
             elif _plain(response):

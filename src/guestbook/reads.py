@@ -185,13 +185,22 @@ def page_query(params: QueryParams) -> tuple[int, str | None] | None:
 LEGACY_LIMIT = 1000
 
 
+def legacy_in_memory(state: AppState) -> Response | None:
+    """The legacy list from the feed's memory, built once per change of the feed; None when
+    memory cannot answer."""
+    span = memory_span(state, LEGACY_LIMIT, None, None)
+    if span is None:
+        return None
+    # A thousand messages taken from memory only to build the answer, not for every read.
+    return state.answers.get("legacy", lambda: _legacy_answer(state.feed.recent[span]))
+
+
 async def legacy_list(state: AppState) -> Response:
     """`{"data": "m1,m2,..."}`, oldest first, for the original PHP page: from the feed's
-    memory when it can answer, built once per change of the feed; else one store read."""
-    span = memory_span(state, LEGACY_LIMIT, None, None)
-    if span is not None:
-        # A thousand messages taken from memory only to build the answer, not for every read.
-        return state.answers.get("legacy", lambda: _legacy_answer(state.feed.recent[span]))
+    memory when it can answer; else one store read."""
+    kept = legacy_in_memory(state)
+    if kept is not None:
+        return kept
     state.metrics.page_cache_miss.inc()
     return _legacy_answer(await state.store.newest_oldest_first(LEGACY_LIMIT))
 
