@@ -291,6 +291,16 @@ def live_feed(clients: int, messages: int) -> dict[str, Any]:
     return result
 
 
+def in_process() -> dict[str, float]:
+    out = subprocess.run(
+        [*pin(1), sys.executable, str(ROOT / "bench" / "in_process.py"), "--json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    print(f"in process, µs CPU a request: {result}", flush=True)
+    return result
+
+
 def memory_floor(clients: int) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "memory_floor.py"), "--clients", str(clients)],
@@ -325,6 +335,7 @@ def main() -> int:
     }
     print(f"load generator: {results['generator']}", flush=True)
     results["baselines"] = baselines(args)
+    results["in_process"] = in_process()
 
     tmp = Path(tempfile.mkdtemp(prefix="gb-bench-"))
     servers: list[subprocess.Popen[bytes]] = []

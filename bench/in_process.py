@@ -1,0 +1,142 @@
+"""What guestbook's own code costs a read, without a server or a network: the app from
+`create_app` (lifespan run, a real Valkey behind it) called as an ASGI server would call it,
+with a `send` that does nothing, against a bare ASGI hello-world called the same way. The CPU
+time per request, best of seven rounds; the difference is what the framework, the middleware
+and the read add to what the server itself costs.
+
+    uv run python bench/in_process.py                 # first page (API), page, legacy get
+    uv run python bench/in_process.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+from guestbook.app import create_app  # noqa: E402
+from guestbook.embedded import server_binary  # noqa: E402
+from guestbook.settings import Settings, discover  # noqa: E402
+
+HOST = "127.0.0.1"
+PATHS = {
+    "first page (API)": "/api/messages",
+    "first page (HTML)": "/",
+    "legacy get": "/guestbook.php?cmd=get&key=messages",
+}
+# What wrk sends.
+HEADERS = [(b"host", b"127.0.0.1:8080"), (b"user-agent", b"wrk"), (b"accept", b"*/*")]
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"13")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": b"Hello, world!"})
+
+
+async def per_request(app: App, state: dict[str, Any], target: str, count: int) -> float:
+    """CPU microseconds per request, the best of seven rounds of `count // 7`."""
+    path, _, query = target.partition("?")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    def scope() -> dict[str, Any]:
+        return {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": query.encode(), "root_path": "", "headers": list(HEADERS),
+            "client": (HOST, 50000), "server": (HOST, 8080), "state": state,
+        }  # fmt: skip
+
+    for _ in range(2000):
+        await app(scope(), receive, send)
+    rounds = []
+    for _ in range(7):
+        started = time.process_time()
+        for _ in range(count // 7):
+            await app(scope(), receive, send)
+        rounds.append(time.process_time() - started)
+    return round(min(rounds) / (count // 7) * 1e6, 2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+async def measure(count: int) -> dict[str, float]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data:
+        store = subprocess.Popen(
+            [str(server_binary()), "--port", str(port), "--bind", HOST, "--save", "",
+             "--appendonly", "no", "--dir", data],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            for _ in range(100):
+                try:
+                    socket.create_connection((HOST, port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            url = f"redis://{HOST}:{port}/0"
+            settings = Settings.from_env(
+                {"GUESTBOOK_REDIS_LEADER_URL": url, "GUESTBOOK_RATE_LIMIT": "0"}
+            )
+            app = create_app(settings, discover(settings), "bench")
+            async with app.api.router.lifespan_context(app.api) as lifespan:
+                state = dict(lifespan or {})
+
+                async def served(scope: dict[str, Any], receive: Any, send: Any) -> None:
+                    scope["state"] = state
+                    await app(scope, receive, send)
+
+                transport = httpx.ASGITransport(app=served)
+                async with httpx.AsyncClient(transport=transport, base_url="http://bench") as c:
+                    for i in range(25):
+                        posted = await c.post("/api/messages", json={"text": f"message {i}"})
+                        posted.raise_for_status()
+                await asyncio.sleep(0.5)  # the feed reads them back
+                out = {"bare ASGI hello-world": await per_request(hello, state, "/", count)}
+                for name, target in PATHS.items():
+                    out[name] = await per_request(app, state, target, count)
+                return out
+        finally:
+            store.terminate()
+            store.wait(10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=140_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = asyncio.run(measure(args.requests))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, micros in result.items():
+            print(f"{name:<24} {micros:6.2f} µs CPU a request")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
