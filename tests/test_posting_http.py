@@ -4,6 +4,7 @@ frontends, the client named by trusted proxies only, and retries made safe by Id
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -176,3 +177,29 @@ async def test_a_retry_with_the_same_idempotency_key_answers_the_same_message(
     assert other.status_code == 202  # without the key it is a second, duplicate post
     assert bad.status_code == 400
     assert stored(cluster) == ["once"]
+
+
+async def test_posts_that_find_the_block_list_due_share_one_read_of_it(cluster: Cluster) -> None:
+    async with app_in_process(env_for(cluster)) as (app, client):
+        state = app.state.guestbook
+        cluster.leader.client().sadd("guestbook:blocked", "casino")
+
+        def reads_of_the_list() -> float:
+            return sum(
+                sample.value
+                for metric in state.metrics.registry.collect()
+                for sample in metric.samples
+                if sample.name == "guestbook_store_calls_total"
+                and sample.labels["operation"] == "blocked"
+            )
+
+        state.blocklist_until = 0.0  # due now
+        before = reads_of_the_list()
+        answers = await asyncio.gather(
+            *(client.post("/api/messages", json={"text": f"casino {i}"}) for i in range(20)),
+            *(client.post("/api/messages", json={"text": f"hello {i}"}) for i in range(20)),
+        )
+        assert reads_of_the_list() - before == 1
+        # Every one of them was judged by the list read: the 20 with the pattern held.
+        assert [a.status_code for a in answers] == [202] * 20 + [201] * 20
+        assert state.blocklist_read is None

@@ -8,6 +8,7 @@ A post judged as spam is held, never dropped: a false positive is one `approve` 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -71,11 +72,23 @@ def _trusted(address: str, trusted: Sequence[Network]) -> bool:
 
 
 async def _blocked(state: AppState) -> frozenset[str]:
-    now = time.monotonic()
-    if now >= state.blocklist_until:
+    """The block list, asked for at most every `BLOCKLIST_TTL`: the posts that find it due
+    share one read of it (under load, every post in flight at that moment used to ask)."""
+    if time.monotonic() < state.blocklist_until:
+        return state.blocklist
+    if state.blocklist_read is None:
+        state.blocklist_read = asyncio.ensure_future(_read_blocklist(state))
+    # Shielded: a post whose client leaves does not cancel the read the others wait for.
+    return await asyncio.shield(state.blocklist_read)
+
+
+async def _read_blocklist(state: AppState) -> frozenset[str]:
+    try:
         state.blocklist = await moderation.blocked_patterns(state.store, on_leader=True)
-        state.blocklist_until = now + BLOCKLIST_TTL
-    return state.blocklist
+        state.blocklist_until = time.monotonic() + BLOCKLIST_TTL
+        return state.blocklist
+    finally:
+        state.blocklist_read = None
 
 
 def idempotency_key(request: Request) -> str | None:

@@ -74,6 +74,8 @@ class AppState:
     # The block list as last read from the store, and until when it is trusted.
     blocklist: frozenset[str] = frozenset()
     blocklist_until: float = 0.0
+    # The read of it that posts finding it due wait for (`posting._blocked`).
+    blocklist_read: asyncio.Future[frozenset[str]] | None = None
 
     def __post_init__(self) -> None:
         self.answers = AnswerCache(self.feed)
