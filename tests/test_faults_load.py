@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from conftest import Cluster, Frontend, MakeFrontend, RedisServer, cli, posted, wait_until
+from guestbook.keys import idempotency_key_name
 from guestbook.messages import id_key
-from guestbook.store import idempotency_key_name
 from load import (
     Job,
     LiveClient,

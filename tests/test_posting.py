@@ -20,9 +20,10 @@ from guestbook.errors import (
     RateLimited,
     ReplicationTimeout,
 )
+from guestbook.keys import rate_key
 from guestbook.messages import id_key, iso_from_ms
-from guestbook.store import _SUBMIT_SCRIPT as SUBMIT_SCRIPT
-from guestbook.store import MessageStore, PostResult, rate_key
+from guestbook.scripts import SUBMIT_SCRIPT
+from guestbook.store import MessageStore, PostResult
 
 pytestmark = pytest.mark.anyio
 

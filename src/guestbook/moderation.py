@@ -32,19 +32,9 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from .errors import InvalidPattern, StoreUnavailable
+from .keys import AUDIT, AUDIT_MAXLEN, BLOCKED, HELD, REMOVED, REMOVED_IDS, REMOVED_MAXLEN, STREAM
 from .messages import Message, id_key, iso_from_ms, parse_id
-from .store import (
-    AUDIT,
-    AUDIT_MAXLEN,
-    BLOCKED,
-    HELD,
-    REMOVED,
-    REMOVED_IDS,
-    REMOVED_MAXLEN,
-    STREAM,
-    Entry,
-    MessageStore,
-)
+from .store import Entry, MessageStore
 
 # The actor of command-line moderation, in the audit.
 CLI_ACTOR = "cli"

@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 
 from . import __version__
 from .errors import StoreError
+from .keys import PREFIX
 from .messages import iso_from_ms
 from .state import AppState
-from .store import PREFIX
 
 log = logging.getLogger("guestbook.presence")
 

@@ -28,8 +28,8 @@ answer of an earlier post with the same idempotency key, applies the per-client 
 text from the same client within ten minutes, and then either appends to the stream or holds
 the post in `guestbook:held` for a moderator, with an audit entry. Posts made at the same
 moment share that round trip: one pipeline of script calls, each answered on its own (see
-`_post`). Removals, the queue, the audit log and the block list are in `moderation.py`, on
-the keys named here; every key the guestbook uses is one of these, under `guestbook:`.
+`_post`). Removals, the queue, the audit log and the block list are in `moderation.py`. Every
+key the guestbook uses is named in `keys.py`, under `guestbook:`; the scripts are `scripts.py`.
 
 This module knows nothing of HTTP or the command line.
 """
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -69,7 +68,28 @@ from .errors import (
     ReplicationTimeout,
     StoreUnavailable,
 )
+from .keys import (
+    AUDIT,
+    AUDIT_MAXLEN,
+    DUPLICATE_WINDOW_MS,
+    HELD,
+    HOLD_REASONS,
+    IDEMPOTENCY_TTL,
+    IMPORTED,
+    NO_KEY,
+    RATE_WINDOW_MS,
+    REMOVED,
+    REMOVED_IDS,
+    REMOVED_MAXLEN,
+    STREAM,
+    SYSTEM_ACTOR,
+    digest,
+    duplicate_key,
+    idempotency_key_name,
+    rate_key,
+)
 from .messages import MAX_PAGE, Message, id_key, is_id, iso_from_ms, parse_id
+from .scripts import IMPORT_SCRIPT, SUBMIT_SCRIPT, SUBMIT_SHA
 from .sentinel import (
     Address,
     Sentinels,
@@ -82,33 +102,6 @@ from .settings import Settings, StoreAddress, redact_url
 
 log = logging.getLogger("guestbook.store")
 
-PREFIX = "guestbook:"
-STREAM = PREFIX + "messages"
-IMPORTED = PREFIX + "imported"
-# Posts waiting for a moderator: {t: text, reason, client, c: created ms}; the id is the one
-# the poster's 202 names.
-HELD = PREFIX + "held"
-# One record {id} per removal, read by every frontend's feed beside the messages stream.
-REMOVED = PREFIX + "removed"
-# Every removed id, for good: an import of an older export must not bring one back.
-REMOVED_IDS = PREFIX + "removed-ids"
-# {action, id, by, reason, text}; the entry's own id is when it happened.
-AUDIT = PREFIX + "audit"
-BLOCKED = PREFIX + "blocked"
-RATE_PREFIX = PREFIX + "rate:"
-DUPLICATE_PREFIX = PREFIX + "dup:"
-IDEMPOTENCY_PREFIX = PREFIX + "idem:"
-# Approximate caps (MAXLEN ~): the removal records only serve feeds and resuming clients, the
-# audit keeps the latest hundred thousand decisions.
-REMOVED_MAXLEN = 10_000
-AUDIT_MAXLEN = 100_000
-RATE_WINDOW_MS = 60_000
-DUPLICATE_WINDOW_MS = 600_000
-IDEMPOTENCY_TTL = 86_400
-# Why a post is held. The caller decides all but `duplicate`, which only the store can see.
-HOLD_REASONS = ("pre-moderation", "links", "blocked-pattern", "honeypot", "duplicate")
-# Who holds a post that the guestbook's own rules sent to the queue, in the audit.
-SYSTEM_ACTOR = "guestbook"
 _U64_MAX = 2**64 - 1
 # After a failure a server is left alone this long before one read probes it again.
 COOL_DOWN = 2.0
@@ -125,113 +118,6 @@ T = TypeVar("T")
 # Named once: `Literal[...]` written in a call is built anew at every post.
 PostStatus = Literal["published", "held"]
 Entry = tuple[str, dict[str, str]]
-
-# Append one imported message unless it is already here: its source key was imported before,
-# or the stream holds an entry with its id and its text (an export coming home). It keeps the
-# original id when that id still lies after the newest entry (so an import into an empty
-# guestbook is an exact copy), and otherwise appends with a new id. Either way an original
-# time that is not its id's is kept in `c`, so a message imported once keeps its time through
-# every later export and import. Ids arrive normalised (no leading zeros) and are compared as
-# digit strings: Lua's numbers are doubles, which cannot hold every 64-bit part. A message a
-# moderator removed stays removed: an export taken before the removal brings nothing back.
-_IMPORT_SCRIPT = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return false end
-local wanted, text, created = ARGV[2], ARGV[3], ARGV[4]
-if wanted ~= '' and redis.call('SISMEMBER', KEYS[3], wanted) == 1 then return false end
-local function greater(a, b)
-  if #a ~= #b then return #a > #b end
-  return a > b
-end
-if wanted ~= '' then
-  local found = redis.call('XRANGE', KEYS[1], wanted, wanted)
-  if #found > 0 then
-    local fields = found[1][2]
-    for i = 1, #fields, 2 do
-      if fields[i] == 't' and fields[i + 1] == text then return false end
-    end
-  end
-  local last_id = '0-0'
-  local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
-  if type(info) == 'table' and info['err'] == nil then
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then last_id = info[i + 1] end
-    end
-  end
-  local wms, wseq = string.match(wanted, '^(%d+)-(%d+)$')
-  local lms, lseq = string.match(last_id, '^(%d+)-(%d+)$')
-  if greater(wms, lms) or (wms == lms and greater(wseq, lseq)) then
-    if created == wms then
-      return redis.call('XADD', KEYS[1], wanted, 't', text)
-    end
-    return redis.call('XADD', KEYS[1], wanted, 't', text, 'c', created)
-  end
-end
-return redis.call('XADD', KEYS[1], '*', 't', text, 'c', created)
-"""
-
-# One post, whole, in the order the checks must run (see `MessageStore.submit`):
-# 1. a post with this idempotency key was taken: answer what it was answered, store nothing;
-# 2. the client's sliding minute is full: refuse, saying in how many ms a slot frees;
-# 3. the same text from the same client within ten minutes is held as a duplicate (a caller's
-#    spam reason says more and is kept; pre-moderation would hold it anyway and says less);
-# 4. held: into the queue, with an audit entry; else appended to the stream.
-# Time is the server's (TIME; scripts replicate their effects, so followers get the writes,
-# not the clock), so frontends with skewed clocks share one window. Numbers that become
-# stream fields or scores are built as strings: Lua's tostring would print a double.
-_SUBMIT_SCRIPT = """
-local text, client, reason = ARGV[1], ARGV[2], ARGV[3]
-local limit, window = tonumber(ARGV[4]), tonumber(ARGV[7])
-local idempotent = ARGV[5] == '1'
-if idempotent then
-  local done = redis.call('HMGET', KEYS[4], 's', 'id', 'h', 'r', 'c')
-  if done[1] then
-    if done[3] ~= ARGV[6] then return {'conflict'} end
-    -- A write of its own: WAIT (after this script, on this connection) then counts followers
-    -- that have everything up to now, the original post included, not some older write.
-    redis.call('HINCRBY', KEYS[4], 'n', 1)
-    return {done[1], done[2], done[4], '1', done[5]}
-  end
-end
-local now = redis.call('TIME')
-local ms = math.floor(tonumber(now[2]) / 1000)
-local now_ms = tonumber(now[1]) * 1000 + ms
-local created = now[1] .. string.format('%03d', ms)
-if limit > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms - window)
-  local used = redis.call('ZCARD', KEYS[5])
-  if used >= limit then
-    -- The slot that frees first is the one whose leaving takes the count below the limit.
-    local due = redis.call('ZRANGE', KEYS[5], used - limit, used - limit, 'WITHSCORES')
-    return {'rate', tostring(tonumber(due[2]) + window - now_ms)}
-  end
-end
-local seen = redis.call('SET', KEYS[6], '1', 'PX', ARGV[8], 'GET')
-if seen and (reason == '' or reason == 'pre-moderation') then reason = 'duplicate' end
-local status, id
-if reason == '' then
-  status = 'published'
-  id = redis.call('XADD', KEYS[1], '*', 't', text)
-else
-  status = 'held'
-  id = redis.call('XADD', KEYS[2], '*', 't', text, 'reason', reason, 'client', client,
-    'c', created)
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*', 'action', 'hold', 'id', id,
-    'by', ARGV[11], 'reason', reason, 'text', text)
-end
-if limit > 0 then
-  -- Prefixed: a held and a published post may get the same id string in the same ms.
-  redis.call('ZADD', KEYS[5], created, status .. ':' .. id)
-  redis.call('PEXPIRE', KEYS[5], window)
-end
-if idempotent then
-  redis.call('HSET', KEYS[4], 's', status, 'id', id, 'h', ARGV[6], 'r', reason, 'c', created)
-  redis.call('EXPIRE', KEYS[4], ARGV[9])
-end
-return {status, id, reason, '0', created}
-"""
-# Posts name the script by its digest (EVALSHA): the server keeps it compiled, and the 2 KB
-# body crosses the wire only when a server does not know it yet (see `_run_posts`).
-_SUBMIT_SHA = hashlib.sha1(_SUBMIT_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass
@@ -784,7 +670,7 @@ class MessageStore:
             HELD,
             AUDIT,
             # Without a key the script never touches KEYS[4]; it is named, as every key is.
-            idempotency_key_name(idempotency_key) if idempotency_key is not None else _NO_KEY,
+            idempotency_key_name(idempotency_key) if idempotency_key is not None else NO_KEY,
             rate_key(client),
             duplicate_key(client, text),
         )
@@ -794,7 +680,7 @@ class MessageStore:
             hold_reason or "",
             str(max(0, rate_limit)),
             "1" if idempotency_key is not None else "0",
-            _sha256(text),
+            digest(text),
             str(RATE_WINDOW_MS),
             str(DUPLICATE_WINDOW_MS),
             str(IDEMPOTENCY_TTL),
@@ -913,9 +799,9 @@ class MessageStore:
         pipe = client.pipeline(transaction=False)
         for post in batch:
             if by_digest:
-                pipe.evalsha(_SUBMIT_SHA, len(post.keys), *post.keys, *post.args)
+                pipe.evalsha(SUBMIT_SHA, len(post.keys), *post.keys, *post.args)
             else:
-                pipe.eval(_SUBMIT_SCRIPT, len(post.keys), *post.keys, *post.args)
+                pipe.eval(SUBMIT_SCRIPT, len(post.keys), *post.keys, *post.args)
         if self.write_replicas:
             pipe.wait(self.write_replicas, wait_ms)
         replies = list(await pipe.execute(raise_on_error=False))
@@ -968,7 +854,7 @@ class MessageStore:
 
         async def run(client: Redis) -> Any:
             return await client.eval(
-                _IMPORT_SCRIPT,
+                IMPORT_SCRIPT,
                 3,
                 STREAM,
                 IMPORTED,
@@ -1325,31 +1211,6 @@ def _message(entry: Entry) -> Message:
 def _removal(entry: Entry) -> Removal:
     record_id, fields = entry
     return Removal(record_id, fields.get("id", ""))
-
-
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def idempotency_key_name(key: str) -> str:
-    """Where a post's answer is kept for its Idempotency-Key: hashed, so any header value makes
-    a short key and none is stored as it was sent."""
-    return IDEMPOTENCY_PREFIX + _sha256(key)
-
-
-# KEYS[4] of a post without a key: hashed once, not at every post.
-_NO_KEY = idempotency_key_name("")
-
-
-def rate_key(client: str) -> str:
-    """The sorted set of one client's posts in the last minute (scores: the server's ms)."""
-    return RATE_PREFIX + client
-
-
-def duplicate_key(client: str, text: str) -> str:
-    """Set while `client` posted `text` within the last ten minutes. The NUL keeps
-    ("a", "bc") and ("ab", "c") apart; neither a client address nor a text contains one."""
-    return DUPLICATE_PREFIX + _sha256(client + "\0" + text)
 
 
 def _int_or_none(info: dict[str, Any], key: str) -> int | None:
