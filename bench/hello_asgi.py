@@ -1,6 +1,7 @@
 """The server's own floor: a bare ASGI hello-world on granian, with the settings `guestbook
 serve` uses (embedded granian, HTTP/1 only, no WebSockets, backlog 2048, uvloop). `GET /stream`
-starts an event stream and keeps it open, for what an open stream costs the server itself.
+starts an event stream and keeps it open, for what an open stream costs the server itself;
+a POST has its body read whole and is answered 201, for a post's floor.
 Given a recorded answer (a JSON file: status, headers, body), it answers every other request
 with those bytes instead: the server's floor for that very answer.
 
@@ -20,6 +21,8 @@ from granian.server.embed import Server
 STATUS = 200
 BODY = b"Hello, world!"
 HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"13")]
+POSTED = b'{"id":"1764156357123-0"}'
+POSTED_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(POSTED))]
 STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
@@ -32,6 +35,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             else:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["method"] == "POST":
+        # A post's floor: its body read whole through `receive`, a small JSON answer.
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 201, "headers": POSTED_HEADERS})
+        await send({"type": "http.response.body", "body": POSTED})
+        return
     if scope["path"] == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
         await send({"type": "http.response.body", "body": b": open\n\n", "more_body": True})

@@ -111,6 +111,12 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         if "cluster, appendonly no" in fsync and "cluster, appendfsync always" in fsync:
             off, on = fsync["cluster, appendonly no"], fsync["cluster, appendfsync always"]
             cost = f"; appendfsync always costs {off['rps'] / on['rps']:.2f}x on the cluster"
+        floor = results["baselines"].get("granian_post")
+        if floor:
+            cost += (
+                f"; the bare server reading a post's body does {floor['rps']:,.0f}/s, "
+                f"{floor['rps'] / reads['rps']:.2f}x the first page"
+            )
         out.append((
             "R5", "posts ≥ 0.5x first-page reads in req/s, none lost (embedded store)",
             f"{ratio:.2f}x ({post['rps']:,.0f} posts/s), "
@@ -295,6 +301,12 @@ def write(results: dict[str, Any], out: Path) -> None:
         f"| Starlette hello-world, uvicorn | {uvicorn['rps']:,.0f} | {_fmt(uvicorn['p50_ms'])} "
         f"| {_fmt(uvicorn['p99_ms'])} |",
     ]
+    posted = results["baselines"].get("granian_post")
+    if posted:
+        lines.append(
+            f"| bare ASGI on granian, a POST whose body it reads whole (a post's floor) "
+            f"| {posted['rps']:,.0f} | {_fmt(posted['p50_ms'])} | {_fmt(posted['p99_ms'])} |"
+        )
     same = results["baselines"].get("same_bytes")
     if same:
         lines.append(

@@ -187,6 +187,9 @@ def baselines(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         load.run(f"http://{HOST}:{port}/", 1, args.connections, pin=pin(0))
         figures = load.run(f"http://{HOST}:{port}/", args.seconds, args.connections, pin=pin(0))
         out["granian"] = asdict(figures)
+        posted = load.run(f"http://{HOST}:{port}/api/messages", args.seconds, args.connections,
+                          post=True, pin=pin(0))  # fmt: skip
+        out["granian_post"] = asdict(posted)
     port = free_port()
     uvicorn = [*pin(1), sys.executable, "-m", "uvicorn", "hello:app", "--port", str(port),
                "--log-level", "warning"]  # fmt: skip
