@@ -222,12 +222,14 @@ NOTES = [
     "numbers turned into Prometheus families at scrape time. 'from memory' above is the share "
     "of reads the `guestbook_page_cache_total` counter saw answered so.",
     "- Where the rest of a read goes: the bare server answering the first page's own bytes "
-    "(same headers, same body) is within a few per cent of its hello-world, so the bytes are "
-    "not what separates the first page from it; guestbook's own Python is (the in-process "
-    "table: about 4 to 6 µs a read beyond the hello-world, against 33 µs of CPU the server "
-    "spends on a request of its own, most of it in granian's threads and `send`). What is "
-    "left there is the request id, the headers' size check, the read-your-writes check, the "
-    "metrics, a `Request` and the lookups, each 0.1 to 0.7 µs.",
+    "(same headers, same body) measured 0.72x to 1.03x its hello-world in the runs made on "
+    "this machine, whose figures move with its neighbours' load (the in-process table too: "
+    "6.4 µs a first page in a quiet run, 9.5 in a busy one). In a quiet run the bytes cost "
+    "the server a few per cent; guestbook's own Python is the rest (about 4.5 to 5 µs a read "
+    "beyond the hello-world in process, against about 33 µs of CPU the server spends on a "
+    "request of its own, most of it in granian's threads and `send`). What is left there is "
+    "the request id, the headers' size check, the read-your-writes check, the metrics, a "
+    "`Request` and the lookups, each 0.1 to 0.7 µs.",
     "- An older page beyond the window: one `XREVRANGE ... COUNT 21` on a follower.",
     "- The legacy `get` answers at most 1,000 messages: 100 (about 9 KB) at 10² messages, "
     "1,000 (about 87 KB) from 10³ on, so its p50 grows with its body from 10² to 10⁴ and not "
