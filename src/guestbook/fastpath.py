@@ -9,6 +9,10 @@ paths answer alike byte for byte; or it answers None, having sent nothing and re
 for a request it leaves to the route (unknown or malformed parameters, which the route
 explains). The real route is put on the scope, so metrics and logs name it as the framework
 would. An error is answered through `problems`, the one mapping every path uses.
+
+A read that the feed's memory usually answers also has a `FromMemory` function, tried first
+with no await: the answer kept for the feed's current state, or None, and then its handler
+runs (which reads the store). Both call the same read function in `reads.py`.
 """
 
 from __future__ import annotations
