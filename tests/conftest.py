@@ -115,9 +115,20 @@ class RedisServer:
         return self
 
     def wait_synced(self) -> None:
-        """Ready when INFO replication says the link is up, as Redis's own tests decide."""
+        """Ready when INFO replication says the link is up, as Redis's own tests decide, and
+        this follower has applied every write its leader had taken when asked: a link that is
+        up can still be behind a burst of writes made just before (a page read from it then
+        missed messages the leader had)."""
         wait_until(
             lambda: self.client().info("replication").get("master_link_status") == "up",
+            timeout=15,
+        )
+        info = self.client().info("replication")
+        leader = redis.Redis(host=info["master_host"], port=info["master_port"], socket_timeout=5)
+        target = int(leader.info("replication")["master_repl_offset"])
+        leader.close()
+        wait_until(
+            lambda: int(self.client().info("replication").get("slave_repl_offset", -1)) >= target,
             timeout=15,
         )
 
