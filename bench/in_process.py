@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from read_path import HOST, ROOT, start_valkey
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-from guestbook.app import create_app  # noqa: E402
-from guestbook.embedded import server_binary  # noqa: E402
-from guestbook.settings import Settings, discover  # noqa: E402
+from guestbook.app import create_app
+from guestbook.settings import Settings, discover
 
-HOST = "127.0.0.1"
 PATHS = {
     "first page (API)": "/api/messages",
     "first page (HTML)": "/",
@@ -76,27 +72,10 @@ async def per_request(app: App, state: dict[str, Any], target: str, count: int) 
     return round(min(rounds) / (count // 7) * 1e6, 2)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 async def measure(count: int) -> dict[str, float]:
-    port = free_port()
     with tempfile.TemporaryDirectory() as data:
-        store = subprocess.Popen(
-            [str(server_binary()), "--port", str(port), "--bind", HOST, "--save", "",
-             "--appendonly", "no", "--dir", data],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        store, port = start_valkey(Path(data))
         try:
-            for _ in range(100):
-                try:
-                    socket.create_connection((HOST, port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
             url = f"redis://{HOST}:{port}/0"
             settings = Settings.from_env(
                 {"GUESTBOOK_REDIS_LEADER_URL": url, "GUESTBOOK_RATE_LIMIT": "0"}

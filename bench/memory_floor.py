@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+from read_path import HOST, ROOT, free_port, wait_http
+
 REQUEST = b"GET /stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
 # What `guestbook serve` imports from outside the project, and nothing of its own.
 DEPENDENCIES = (
@@ -33,23 +33,6 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection((HOST, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def server_floor(clients: int) -> dict[str, float]:
     """RSS of the bare server idle, and holding `clients` open streams."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -59,7 +42,7 @@ def server_floor(clients: int) -> dict[str, float]:
     server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "hello_asgi.py"), str(port)])
     sockets: list[socket.socket] = []
     try:
-        wait_port(port)
+        wait_http(f"http://{HOST}:{port}/")
         time.sleep(0.5)
         idle = rss_mb(server.pid)
         for _ in range(clients):

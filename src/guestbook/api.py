@@ -188,19 +188,12 @@ async def list_messages(
 ) -> Response:
     """A page of messages, newest first; follow `next` (as `before`) for older ones."""
     state: AppState = request.state.app
-    return await messages_response(state, limit, before, wrote_cookie(request.cookies))
-
-
-async def messages_response(
-    state: AppState, limit: int, before: str | None, must_include: str | None
-) -> Response:
-    """The answer to `GET /api/messages`, whichever path serves it."""
-    return await api_page(state, limit, before, must_include)
+    return await api_page(state, limit, before, wrote_cookie(request.cookies))
 
 
 async def fast_messages(request: Request, state: AppState) -> Response | None:
-    """The fast path's door to `messages_response`: None for parameters it leaves to the
-    route to explain."""
+    """The fast path's door to `api_page`: None for parameters it leaves to the route to
+    explain."""
     query = page_query_of(request.scope["query_string"])
     if query is None:
         return None

@@ -31,7 +31,7 @@ async def _legacy(request: Request, cmd: str, value: str | None) -> Response:
     """`cmd` and `key` were checked by their declared types (an unknown one is a 400)."""
     state: AppState = request.state.app
     if cmd == "get":
-        return await legacy_get(state)
+        return await legacy_list(state)
     if value is None:
         raise Refused(400, "cmd=set needs a value.")
     _check_utf8(request)
@@ -57,17 +57,12 @@ def _check_utf8(request: Request) -> None:
         raise Refused(400, "The query string is not valid UTF-8.") from None
 
 
-async def legacy_get(state: AppState) -> Response:
-    """The answer to `cmd=get`, whichever path serves it."""
-    return await legacy_list(state)
-
-
 async def fast_get(request: Request, state: AppState) -> Response | None:
-    """The fast path's door to `legacy_get`: a plain `cmd=get` (with the key or without);
+    """The fast path's door to `legacy_list`: a plain `cmd=get` (with the key or without);
     anything else is the route's to check and answer."""
     if not _plain_get(request.scope["query_string"]):
         return None
-    return await legacy_get(state)
+    return await legacy_list(state)
 
 
 def get_in_memory(request: Request, state: AppState) -> Response | None:

@@ -291,8 +291,8 @@ class MessageStore:
     _topology: Topology | None = field(init=False, default=None)
     _asked_at: float = field(init=False, default=0.0)
     _sentinel_error: str | None = field(init=False, default=None)
-    last_write_id: str | None = field(init=False, default=None)
-    # Its sort key, which every read from memory compares with (`must_show`).
+    # The sort key of this process's newest write, which every read from memory compares
+    # with (`must_show`).
     _last_write_key: tuple[int, int] | None = field(init=False, default=None)
     # Posts made in this turn of the event loop, sent together at the next (`_post`), and the
     # batches on the wire.
@@ -844,7 +844,6 @@ class MessageStore:
     def _note_write(self, entry_id: str) -> None:
         key = id_key(entry_id)
         if self._last_write_key is None or key > self._last_write_key:
-            self.last_write_id = entry_id
             self._last_write_key = key
 
     async def import_message(
