@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -33,6 +34,13 @@ from .logs import BufferedStdoutHandler, configure_logging
 from .settings import Settings, StoreAddress, discover
 
 log = logging.getLogger("guestbook")
+
+# Container objects allocated between two young collections of the cyclic garbage collector
+# (Python's default is 700). A fan-out to 10,000 live clients allocates about three per
+# client; at 700 the collector ran dozens of times per message and promoted every client's
+# waiting future, so full collections walked all clients every few messages: a third of the
+# fan-out's time. Objects freed by reference counting, nearly all of them, never wait for it.
+GC_YOUNG = 50_000
 
 
 class AddressInUse(RuntimeError):
@@ -102,6 +110,14 @@ def serve_worker(settings: Settings, address: StoreAddress, instance: str) -> No
     log_handler = configure_logging(settings, instance)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_run(settings, address, instance, log_handler))
+
+
+def settle_gc() -> None:
+    """Once the app is built: what start-up made (modules, the app, its routes) is never
+    garbage, so the collector stops walking it, and young collections come less often."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, middle, old)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -182,6 +198,7 @@ async def _run(
         loop.call_later(log_handler.FLUSH_EVERY, flush_logs)
 
     flush_logs()
+    settle_gc()
     log.info("listening on http://%s:%d", settings.host, settings.port)
     try:
         await server.serve()
