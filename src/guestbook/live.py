@@ -1,8 +1,8 @@
 """The live feed: `GET /api/messages/stream`, Server-Sent Events fanned out from the one feed
 reader of this process.
 
-Each client gets a small queue filled by `Feed.subscribe`; it never holds a store connection of
-its own (only a resume from an id older than the feed's memory reads the store). The
+Each client gets a small queue filled by `Feed.subscribe` (or, while it is idle, the feed's
+callback sends to it directly); it never holds a store connection of its own (only a resume from an id older than the feed's memory reads the store). The
 stream is the stream of message ids: every `message` event's `id:` is a message id, and a
 client that comes back with `Last-Event-ID` (or `?after=`) gets exactly the messages after it,
 none twice:
@@ -211,13 +211,18 @@ class Client:
 
     A stream is one task, the request's own: the writer runs in it, and the end of the
     connection is heard by a callback on the pending `receive()` rather than by a second task
-    awaiting it. Thousands of these sit idle at once, so each holds as little as it can."""
+    awaiting it. While the writer waits with nothing queued, the feed's callback sends for it
+    and it stays asleep; it wakes only for a queue, a heartbeat, a status, an end, or a send
+    the server did not finish at once. Thousands of these sit idle at once, so each holds as
+    little as it can."""
 
     __slots__ = (
         "beat",
         "busy_since",
+        "failure",
         "gone",
         "hub",
+        "last",
         "limit",
         "listening",
         "loop",
@@ -226,6 +231,7 @@ class Client:
         "receive",
         "removed",
         "send",
+        "sending",
         "sent_at",
         "stalled",
         "status_due",
@@ -259,10 +265,23 @@ class Client:
         # whether the sweeper saw that change since.
         self.told_down = False
         self.status_due = False
+        # The sort key of the newest message sent, once the writer follows the feed.
+        self.last: tuple[int, int] = (0, 0)
+        # A send begun by `push` that the server did not finish at once, for the writer to
+        # finish; an error `push` met sending, for the writer to end the stream with.
+        self.sending: _Finish | None = None
+        self.failure: BaseException | None = None
 
     def push(self, batch: list[Message], removed: list[str]) -> None:
-        """The feed's callback: queue, or give up on this client when it is too far behind."""
+        """The feed's callback: send at once when the writer is idle, else queue, or give up
+        on this client when it is too far behind."""
         if self.overflowed:
+            return
+        if self.waiter is not None and not self.gone:
+            # The writer waits with nothing queued and nothing due (it only waits then, and
+            # any of those wakes it): what it would send is exactly this, so send it from
+            # here. Waking a task per client was most of the fan-out's cost.
+            self._send_now(batch, removed)
             return
         if removed:
             if self.pending:
@@ -279,6 +298,33 @@ class Client:
             self.hub.cut.labels("overflow").inc()
         else:
             self.pending.extend(batch)
+        self.wake()
+
+    def _send_now(self, batch: list[Message], removed: list[str]) -> None:
+        hub = self.hub
+        parts = [hub.encode_removal(i) for i in removed]
+        last = self.last
+        for key, body in map(hub.event, batch):
+            if key > last:
+                parts.append(body)
+                last = key
+        if not parts:
+            return
+        self.last = last
+        message = {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
+        # A server's `send` usually takes the bytes and is done without suspending (granian
+        # buffers them); when it does suspend (its buffer is full), the writer finishes it.
+        steps = self.send(message).__await__()
+        try:
+            waiting_on = next(steps)
+        except StopIteration:
+            self.sent_at = self.loop.time()
+            return
+        except Exception as exc:
+            self.failure = exc
+        else:
+            self.sending = _Finish(steps, waiting_on)
+            self.busy_since = self.loop.time()
         self.wake()
 
     def listen(self) -> None:
@@ -332,6 +378,36 @@ class Client:
         items = self.removed
         self.removed = []
         return items
+
+
+class _Finish:
+    """The rest of a send that `Client.push` began outside the writer's task: awaiting this
+    in the writer hands it what the send waits on, and goes on with the send until it ends."""
+
+    __slots__ = ("steps", "waiting_on")
+
+    def __init__(self, steps: Any, waiting_on: Any) -> None:
+        self.steps = steps
+        self.waiting_on = waiting_on
+
+    def __await__(self) -> Any:
+        steps, waiting_on = self.steps, self.waiting_on
+        while True:
+            try:
+                yield waiting_on
+            except GeneratorExit:
+                steps.close()
+                raise
+            except BaseException as exc:  # the task was cancelled: the send hears it
+                try:
+                    waiting_on = steps.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = next(steps)
+                except StopIteration:
+                    return
 
 
 class EventStream(Response):
@@ -441,8 +517,16 @@ class EventStream(Response):
         return cursor
 
     async def _follow(self, hub: Hub, client: Client, cursor: str) -> None:
-        last = id_key(cursor)
+        client.last = id_key(cursor)
         while True:
+            if client.sending is not None:
+                finish, client.sending = client.sending, None
+                await finish
+                client.busy_since = 0.0
+                client.sent_at = client.loop.time()
+                continue
+            if client.failure is not None:
+                raise client.failure
             if client.overflowed:
                 await self._finish(client, "overflow")
                 return
@@ -458,16 +542,10 @@ class EventStream(Response):
             batch = client.take()
             if batch:
                 # Batches come in id order, and usually all of one is new.
-                if len(batch) == 1:
-                    key, body = hub.event(batch[0])
-                    if key > last:
-                        await client.put(body)
-                        last = key
-                else:
-                    events = [e for e in map(hub.event, batch) if e[0] > last]
-                    if events:
-                        await client.put(b"".join([body for _, body in events]))
-                        last = events[-1][0]
+                events = [e for e in map(hub.event, batch) if e[0] > client.last]
+                if events:
+                    client.last = events[-1][0]
+                    await client.put(b"".join([body for _, body in events]))
                 continue
             if client.status_due:
                 await self._tell_status(hub, client)
