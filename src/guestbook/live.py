@@ -2,8 +2,9 @@
 reader of this process.
 
 Each client gets a small queue filled by `Feed.subscribe` (or, while it is idle, the feed's
-callback sends to it directly); it never holds a store connection of its own (only a resume from an id older than the feed's memory reads the store). The
-stream is the stream of message ids: every `message` event's `id:` is a message id, and a
+callback sends to it directly); it never holds a store connection of its own (only a resume
+from an id older than the feed's memory reads the store). The stream is the stream of message
+ids: every `message` event's `id:` is a message id, and a
 client that comes back with `Last-Event-ID` (or `?after=`) gets exactly the messages after it,
 none twice:
 
