@@ -94,8 +94,10 @@ _HEADERS = [
     # Tells nginx-style proxies not to buffer the stream.
     (b"x-accel-buffering", b"no"),
 ]
+# A message id's sort key.
+Key = tuple[int, int]
 # A message's event as the hub keeps it: its id's sort key, and its bytes on the wire.
-Event = tuple[tuple[int, int], bytes]
+Event = tuple[Key, bytes]
 _GREETING = f"retry: {RETRY_MS}\n: live\n\n".encode()
 # No `id:` line: a status is not a message, and must not move a client's resume point.
 STATUS_EVENTS = {
@@ -130,6 +132,8 @@ class Hub:
         self._removals: OrderedDict[str, bytes] = OrderedDict()
         self._sweeper: asyncio.Task[None] | None = None
         self._store_down = False
+        # The last chunk built by `chunk`, for the next client at the same point.
+        self._chunk: tuple[list[Message], list[str], Key, ASGIMessage | None, Key] | None = None
 
     def add(self, client: Client) -> None:
         self.clients.add(client)
@@ -187,6 +191,30 @@ class Hub:
             if len(self._events) > ENCODED_CACHE:
                 self._events.popitem(last=False)
         return event
+
+    def chunk(
+        self, batch: list[Message], removed: list[str], last: Key
+    ) -> tuple[ASGIMessage | None, Key]:
+        """What brings a client whose newest message is `last` up to date with one change of
+        the feed (its removals, then its messages newer than `last`), and the newest key then;
+        None when nothing is new to it. Idle clients are all at the same point, so this is
+        built once per change, not once per client; the one message goes to each (a server
+        reads it and keeps nothing of it)."""
+        kept = self._chunk
+        if kept is not None and kept[0] is batch and kept[1] is removed and kept[2] == last:
+            return kept[3], kept[4]
+        parts = [self.encode_removal(i) for i in removed]
+        newest = last
+        for key, body in map(self.event, batch):
+            if key > newest:
+                parts.append(body)
+                newest = key
+        message: ASGIMessage | None = None
+        if parts:
+            message = {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
+        # Holding `batch` keeps its identity from being reused by another list.
+        self._chunk = (batch, removed, last, message, newest)
+        return message, newest
 
     def encode(self, message: Message) -> bytes:
         return self.event(message)[1]
@@ -267,7 +295,7 @@ class Client:
         self.told_down = False
         self.status_due = False
         # The sort key of the newest message sent, once the writer follows the feed.
-        self.last: tuple[int, int] = (0, 0)
+        self.last: Key = (0, 0)
         # A send begun by `push` that the server did not finish at once, for the writer to
         # finish; an error `push` met sending, for the writer to end the stream with.
         self.sending: _Finish | None = None
@@ -302,17 +330,9 @@ class Client:
         self.wake()
 
     def _send_now(self, batch: list[Message], removed: list[str]) -> None:
-        hub = self.hub
-        parts = [hub.encode_removal(i) for i in removed]
-        last = self.last
-        for key, body in map(hub.event, batch):
-            if key > last:
-                parts.append(body)
-                last = key
-        if not parts:
+        message, self.last = self.hub.chunk(batch, removed, self.last)
+        if message is None:
             return
-        self.last = last
-        message = {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
         # A server's `send` usually takes the bytes and is done without suspending (granian
         # buffers them); when it does suspend (its buffer is full), the writer finishes it.
         steps = self.send(message).__await__()
