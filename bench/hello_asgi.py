@@ -1,7 +1,10 @@
 """The server's own floor: a bare ASGI hello-world on granian, with the settings `guestbook
 serve` uses (embedded granian, HTTP/1 only, no WebSockets, backlog 2048, uvloop). `GET /stream`
 starts an event stream and keeps it open, for what an open stream costs the server itself;
-a POST has its body read whole and is answered 201, for a post's floor.
+a POST has its body read whole and is answered 201, for a post's floor. The same POST to
+`/api/messages` is then written as one event to every open stream, each with its own `send`,
+and the few other paths `sse_latency.py` asks for are answered: the server's own floor for the
+live feed's fan-out.
 Given a recorded answer (a JSON file: status, headers, body), it answers every other request
 with those bytes instead: the server's floor for that very answer.
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,21 @@ HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", 
 POSTED = b'{"id":"1764156357123-0"}'
 POSTED_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(POSTED))]
 STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+# The open streams' `send`s, for the fan-out floor.
+STREAMS: set[Any] = set()
+_last_id = [0, 0]
+
+
+def _next_id() -> str:
+    ms = int(time.time() * 1000)
+    _last_id[:] = [ms, 0] if ms > _last_id[0] else [_last_id[0], _last_id[1] + 1]
+    return f"{_last_id[0]}-{_last_id[1]}"
+
+
+async def _json(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -41,13 +60,33 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while more:
             message = await receive()
             more = message.get("more_body", False)
-        await send({"type": "http.response.start", "status": 201, "headers": POSTED_HEADERS})
-        await send({"type": "http.response.body", "body": POSTED})
+        if scope["path"] != "/api/messages":
+            await send({"type": "http.response.start", "status": 201, "headers": POSTED_HEADERS})
+            await send({"type": "http.response.body", "body": POSTED})
+            return
+        message_id = _next_id()
+        await _json(send, 201, b'{"id":"%s"}' % message_id.encode())
+        data = json.dumps({"id": message_id, "text": "floor", "created_at": "2026-01-01T00:00:00Z"})
+        event = f"id: {message_id}\nevent: message\ndata: {data}\n\n".encode()
+        chunk = {"type": "http.response.body", "body": event, "more_body": True}
+        for stream in list(STREAMS):
+            await stream(chunk)
         return
-    if scope["path"] == "/stream":
+    if scope["path"] in ("/stream", "/api/messages/stream"):
         await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
         await send({"type": "http.response.body", "body": b": open\n\n", "more_body": True})
-        await receive()  # the client's disconnect
+        STREAMS.add(send)
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass  # the request's (empty) body first, then the client's disconnect
+        finally:
+            STREAMS.discard(send)
+        return
+    if scope["path"] == "/api/messages":
+        await _json(send, 200, b'{"messages":[]}')
+        return
+    if scope["path"] == "/api/status":
+        await _json(send, 200, b'{"live_clients":%d}' % len(STREAMS))
         return
     await send({"type": "http.response.start", "status": STATUS, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})
@@ -62,6 +101,9 @@ async def main(port: int) -> None:
         http=HTTPModes.http1,
         websockets=False,
         backlog=2048,
+        # As many requests at once as `guestbook serve` takes (connections.MAX_CONNECTIONS):
+        # granian's default is the backlog, which would hold event streams past 2,048 waiting.
+        backpressure=16_384,
         log_enabled=False,
     )
     await server.serve()

@@ -291,14 +291,17 @@ def posts(url: str, args: argparse.Namespace, count_on: redis.Redis | None) -> d
     return row
 
 
-def live_feed(clients: int, messages: int) -> dict[str, Any]:
+def live_feed(clients: int, messages: int, floor: bool = False) -> dict[str, Any]:
+    """The live feed's latency with `clients` streams; with `floor`, the bare server's own
+    fan-out (bench/hello_asgi.py) measured by the same clients."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "sse_latency.py"), "--json",
-         "--clients", str(clients), "--messages", str(messages)],
+         "--clients", str(clients), "--messages", str(messages), *(["--floor"] if floor else [])],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    print(f"  live feed, {clients} clients: {result['latency_ms_from_ack']}, {result['rss_mb']}")
+    name = "bare server" if floor else "live feed"
+    print(f"  {name}, {clients} clients: {result['latency_ms_from_ack']}, {result['rss_mb']}")
     return result
 
 
@@ -411,9 +414,9 @@ def main() -> int:
 
     print("live feed", flush=True)
     results["memory_floor"] = memory_floor(args.live_clients)
-    results["live"] = {str(args.live_clients): live_feed(args.live_clients, 100)}
-    if args.live_big:
-        results["live"]["10000"] = live_feed(10_000, 50)
+    sizes = [(args.live_clients, 100), *([(10_000, 50)] if args.live_big else [])]
+    results["live"] = {str(c): live_feed(c, m) for c, m in sizes}
+    results["live_floor"] = {str(c): live_feed(c, m, floor=True) for c, m in sizes}
     results["load_after"] = os.getloadavg()[0]
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -156,12 +156,12 @@ async def drive(args: argparse.Namespace, port: int, server_pid: int) -> dict[st
     from_ack = []
     missing = 0
     for c in clients:
-        for message_id, start in sent.items():
+        for message_id, posted_at in sent.items():
             got = c.arrived.get(message_id)
             if got is None:
                 missing += 1
                 continue
-            from_send.append((got - start) * 1000)
+            from_send.append((got - posted_at) * 1000)
             from_ack.append((got - acked[message_id]) * 1000)
 
     def pct(values: list[float], q: float) -> float:
@@ -212,6 +212,12 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between posts")
     parser.add_argument("--deadline", type=float, default=180)
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="measure the bare server (bench/hello_asgi.py) writing each post to every stream "
+        "instead of guestbook: the server's own floor for the fan-out",
+    )
     args = parser.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -252,8 +258,11 @@ def main() -> None:
             "GUESTBOOK_LOG_LEVEL": "warning",
             "GUESTBOOK_DATA_DIR": str(Path(tmp) / "data"),
         }
+        command = [sys.executable, "-m", "guestbook", "serve"]
+        if args.floor:
+            command = [sys.executable, str(ROOT / "bench" / "hello_asgi.py"), str(web_port)]
         web = subprocess.Popen(
-            [sys.executable, "-m", "guestbook", "serve"],
+            command,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -262,7 +271,7 @@ def main() -> None:
             os.sched_setaffinity(web.pid, server_cores)
             os.sched_setaffinity(0, client_cores)
             wait_for(
-                lambda: httpx.get(f"http://{HOST}:{web_port}/readyz").status_code == 200,
+                lambda: httpx.get(f"http://{HOST}:{web_port}/readyz").is_success,
                 30,
                 "the frontend to be ready",
             )
