@@ -335,8 +335,8 @@ class Client:
             return
         # A server's `send` usually takes the bytes and is done without suspending (granian
         # buffers them); when it does suspend (its buffer is full), the writer finishes it.
-        steps = self.send(message).__await__()
         try:
+            steps = self.send(message).__await__()
             waiting_on = next(steps)
         except StopIteration:
             self.sent_at = self.loop.time()
