@@ -197,9 +197,10 @@ class Hub:
     ) -> tuple[ASGIMessage | None, Key]:
         """What brings a client whose newest message is `last` up to date with one change of
         the feed (its removals, then its messages newer than `last`), and the newest key then;
-        None when nothing is new to it. Idle clients are all at the same point, so this is
-        built once per change, not once per client; the one message goes to each (a server
-        reads it and keeps nothing of it)."""
+        None when nothing is new to it: the one rule for what a client is sent, from the
+        feed's callback or from its writer's queue. Idle clients are all at the same point, so
+        this is built once per change, not once per client; the one message goes to each (a
+        server reads it and keeps nothing of it)."""
         kept = self._chunk
         if kept is not None and kept[0] is batch and kept[1] is removed and kept[2] == last:
             return kept[3], kept[4]
@@ -562,11 +563,9 @@ class EventStream(Response):
                 continue
             batch = client.take()
             if batch:
-                # Batches come in id order, and usually all of one is new.
-                events = [e for e in map(hub.event, batch) if e[0] > client.last]
-                if events:
-                    client.last = events[-1][0]
-                    await client.put(b"".join([body for _, body in events]))
+                message, client.last = hub.chunk(batch, [], client.last)
+                if message is not None:
+                    await client.put(message["body"])
                 continue
             if client.status_due:
                 await self._tell_status(hub, client)
