@@ -61,6 +61,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import resp
 from .errors import (
     IdempotencyConflict,
     LeaderUnavailable,
@@ -120,12 +121,28 @@ PostStatus = Literal["published", "held"]
 Entry = tuple[str, dict[str, str]]
 
 
+# A post's script call, in RESP: `EVALSHA <sha>` (or `EVAL <body>`), the key count and the
+# six keys, then the eleven arguments. What is the same for every post is packed once; a post
+# packs only its own keys and arguments (`_QueuedPost.own`), between the two.
+_POST_PARTS = 3 + 6 + 11
+_POST_BY_DIGEST = resp.header(_POST_PARTS) + resp.bulk(
+    "EVALSHA", SUBMIT_SHA, "6", STREAM, HELD, AUDIT
+)
+_POST_WITH_BODY = resp.header(_POST_PARTS) + resp.bulk(
+    "EVAL", SUBMIT_SCRIPT, "6", STREAM, HELD, AUDIT
+)
+_POST_TAIL = resp.bulk(
+    str(RATE_WINDOW_MS), str(DUPLICATE_WINDOW_MS), str(IDEMPOTENCY_TTL), str(AUDIT_MAXLEN),
+    SYSTEM_ACTOR,
+)  # fmt: skip
+
+
 @dataclass
 class _QueuedPost:
-    """One post's script arguments, waiting for the pipeline that carries it (`_post`)."""
+    """One post's own keys and arguments, packed, waiting for the batch that carries it
+    (`_post`)."""
 
-    keys: tuple[str, ...]
-    args: tuple[str, ...]
+    own: bytes
     answer: asyncio.Future[tuple[Any, int]]
 
 
@@ -665,30 +682,20 @@ class MessageStore:
         """
         if hold_reason is not None and hold_reason not in HOLD_REASONS:
             raise ValueError(f"unknown hold reason {hold_reason!r}")
-        keys = (
-            STREAM,
-            HELD,
-            AUDIT,
+        # KEYS[4..6] and ARGV[1..6]; the other keys and arguments are the same for every post.
+        own = resp.bulk(
             # Without a key the script never touches KEYS[4]; it is named, as every key is.
             idempotency_key_name(idempotency_key) if idempotency_key is not None else NO_KEY,
             rate_key(client),
             duplicate_key(client, text),
-        )
-        args = (
             text,
             client,
             hold_reason or "",
             str(max(0, rate_limit)),
             "1" if idempotency_key is not None else "0",
             digest(text),
-            str(RATE_WINDOW_MS),
-            str(DUPLICATE_WINDOW_MS),
-            str(IDEMPOTENCY_TTL),
-            str(AUDIT_MAXLEN),
-            SYSTEM_ACTOR,
         )
-
-        reply, acked = await self._post(keys, args)
+        reply, acked = await self._post(own)
         kind = str(reply[0])
         if kind == "conflict":
             raise IdempotencyConflict("this Idempotency-Key was first used for another message")
@@ -713,7 +720,7 @@ class MessageStore:
             replayed,
         )
 
-    async def _post(self, keys: tuple[str, ...], args: tuple[str, ...]) -> tuple[Any, int]:
+    async def _post(self, own: bytes) -> tuple[Any, int]:
         """One post's script reply, and with write_replicas how many followers confirmed it.
 
         Every post made in the same turn of the event loop goes in one pipeline, sent at the
@@ -722,7 +729,7 @@ class MessageStore:
         so each post's figure is right. A post cancelled before its batch leaves stores nothing.
         """
         loop = asyncio.get_running_loop()
-        queued = _QueuedPost(keys, args, loop.create_future())
+        queued = _QueuedPost(own, loop.create_future())
         self._posts.append(queued)
         if not self._posts_due:
             self._posts_due = True
@@ -796,15 +803,11 @@ class MessageStore:
     async def _pipeline(
         self, client: Redis, batch: list[_QueuedPost], wait_ms: int, *, by_digest: bool
     ) -> tuple[list[Any], int]:
-        pipe = client.pipeline(transaction=False)
-        for post in batch:
-            if by_digest:
-                pipe.evalsha(SUBMIT_SHA, len(post.keys), *post.keys, *post.args)
-            else:
-                pipe.eval(SUBMIT_SCRIPT, len(post.keys), *post.keys, *post.args)
+        head = _POST_BY_DIGEST if by_digest else _POST_WITH_BODY
+        packed = b"".join([part for post in batch for part in (head, post.own, _POST_TAIL)])
         if self.write_replicas:
-            pipe.wait(self.write_replicas, wait_ms)
-        replies = list(await pipe.execute(raise_on_error=False))
+            packed += resp.command("WAIT", str(self.write_replicas), str(wait_ms))
+        replies = await resp.exchange(client, packed, len(batch) + bool(self.write_replicas))
         if not self.write_replicas:
             return replies, 0
         acked = replies.pop()
