@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import functools
 import json
@@ -101,6 +100,9 @@ def server_binary() -> Path:
 def _prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
+    # Imported here: only a process that starts the embedded store needs it.
+    import ctypes
+
     return ctypes.CDLL(None, use_errno=True).prctl
 
 

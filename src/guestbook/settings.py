@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
-import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -34,6 +33,9 @@ class ConfigError(ValueError):
 
 
 def _default_data_dir() -> Path:
+    # Imported here: a frontend given its store's address or a data dir never needs it.
+    import platformdirs
+
     return Path(platformdirs.user_data_dir("guestbook"))
 
 
