@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,36 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from memory_floor import rss_mb
+from read_path import HOST, ROOT, free_port, wait_http
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-from guestbook.embedded import server_binary  # noqa: E402
-
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def wait_for(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if predicate():
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"gave up waiting for {what}")
+from guestbook.embedded import server_binary
 
 
 class Client(asyncio.Protocol):
@@ -230,25 +202,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="gb-sse-bench-") as tmp:
         store_port, web_port = free_port(), free_port()
-        store = subprocess.Popen(
-            [
-                str(server_binary()),
-                "--port",
-                str(store_port),
-                "--bind",
-                HOST,
-                "--dir",
-                tmp,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxclients",
-                "100",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # The bare server keeps no messages: no store for it.
+        store = None if args.floor else subprocess.Popen(
+            [str(server_binary()), "--port", str(store_port), "--bind", HOST, "--dir", tmp,
+             "--save", "", "--appendonly", "no", "--maxclients", "100"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("GUESTBOOK_")},
             "GUESTBOOK_HOST": HOST,
@@ -270,11 +229,7 @@ def main() -> None:
         try:
             os.sched_setaffinity(web.pid, server_cores)
             os.sched_setaffinity(0, client_cores)
-            wait_for(
-                lambda: httpx.get(f"http://{HOST}:{web_port}/readyz").is_success,
-                30,
-                "the frontend to be ready",
-            )
+            wait_http(f"http://{HOST}:{web_port}/readyz")
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 result = runner.run(asyncio.wait_for(drive(args, web_port, web.pid), args.deadline))
         finally:
@@ -283,8 +238,9 @@ def main() -> None:
                 web.wait(15)
             except subprocess.TimeoutExpired:
                 web.kill()
-            store.terminate()
-            store.wait(10)
+            if store is not None:
+                store.terminate()
+                store.wait(10)
 
     if args.json:
         print(json.dumps(result))
