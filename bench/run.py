@@ -179,7 +179,8 @@ def measure(name: str, url: str, args: argparse.Namespace, **kw: Any) -> dict[st
     return row
 
 
-def baselines(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def hello(args: argparse.Namespace, post: bool = False) -> dict[str, dict[str, Any]]:
+    """The two hello-worlds' figures (and with `post`, the bare server's POST floor)."""
     out: dict[str, dict[str, Any]] = {}
     port = free_port()
     with process([*pin(1), sys.executable, str(ROOT / "bench" / "hello_asgi.py"), str(port)]):
@@ -187,9 +188,10 @@ def baselines(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         load.run(f"http://{HOST}:{port}/", 1, args.connections, pin=pin(0))
         figures = load.run(f"http://{HOST}:{port}/", args.seconds, args.connections, pin=pin(0))
         out["granian"] = asdict(figures)
-        posted = load.run(f"http://{HOST}:{port}/api/messages", args.seconds, args.connections,
-                          post=True, pin=pin(0))  # fmt: skip
-        out["granian_post"] = asdict(posted)
+        if post:
+            posted = load.run(f"http://{HOST}:{port}/api/messages", args.seconds,
+                              args.connections, post=True, pin=pin(0))  # fmt: skip
+            out["granian_post"] = asdict(posted)
     port = free_port()
     uvicorn = [*pin(1), sys.executable, "-m", "uvicorn", "hello:app", "--port", str(port),
                "--log-level", "warning"]  # fmt: skip
@@ -348,7 +350,11 @@ def main() -> int:
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     print(f"load generator: {results['generator']}", flush=True)
-    results["baselines"] = baselines(args)
+    results["baselines"] = hello(args, post=True)
+    # The hello-worlds again after each size: a size's paths are read against the mean of the
+    # figures just before and just after them (report.baseline), so a machine whose speed
+    # drifts over the run's minutes moves the yardstick with the figures.
+    results["baselines_after"] = {}
     results["in_process"] = in_process()
 
     tmp = Path(tempfile.mkdtemp(prefix="gb-bench-"))
@@ -382,6 +388,7 @@ def main() -> int:
                 recorded = record(url + "/api/messages?limit=20", tmp)
                 for name, path in read_paths(size).items():
                     rows.append({"size": size, **measure(name, url + path, args)})
+            results["baselines_after"][str(size)] = hello(args)
             if size == sizes[0]:
                 results["baselines"]["same_bytes"] = same_bytes(recorded, args)
                 results["floor"] = floor(leader_port, args)
@@ -405,6 +412,10 @@ def main() -> int:
         with frontend({"GUESTBOOK_DATA_DIR": str(data)}) as url:
             embedded = redis.Redis(unix_socket_path=str(data / "valkey.sock"))
             post_rows["embedded (appendfsync always)"] = posts(url, args, embedded)
+            # R5's yardstick: first-page reads on this frontend, just after its posts (before
+            # them its guestbook is empty, and an empty page is cheaper than a full one).
+            results["posts_reads"] = measure("first page (API), embedded store",
+                                             url + "/api/messages?limit=20", args)  # fmt: skip
         results["posts"] = post_rows
     finally:
         for server in servers:
