@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import ClientDisconnect, Request
 
+from .deadlines import Deadlines
 from .errors import Refused
 from .peers import still_connected
 
@@ -33,52 +32,65 @@ MAX_READERS = 1024
 MALFORMED = "The body could not be read: its chunked encoding is malformed."
 
 _reading = 0
-
-
-@contextmanager
-def _reader() -> Iterator[None]:
-    """One of the `MAX_READERS` bodies read at once in this process, or 503 at once."""
-    global _reading
-    if _reading >= MAX_READERS:
-        raise Refused(503, "Too many bodies are on their way; try again.", {"Retry-After": "1"})
-    _reading += 1
-    try:
-        yield
-    finally:
-        _reading -= 1
+# Shared by every body read in the process: a timer per quarter second, not one per post.
+_DEADLINES = Deadlines(BODY_TIMEOUT)
 
 
 async def read_body(request: Request) -> bytes:
     """The body, refusing more than 16 KiB before reading it all, or one that is too slow."""
+    global _reading
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
             raise Refused(400, "Content-Length is not a number.")
         if int(declared) > MAX_BODY:
             raise Refused(413, f"The body is over {MAX_BODY // 1024} KiB.")
+    # One of the `MAX_READERS` bodies read at once in this process, or 503 at once. Counted
+    # here rather than by a context manager: every post pays for this, and a generator-based
+    # one cost more than the rest of the bookkeeping.
+    if _reading >= MAX_READERS:
+        raise Refused(503, "Too many bodies are on their way; try again.", {"Retry-After": "1"})
+    _reading += 1
+    task = asyncio.current_task()
+    assert task is not None  # a request is always served by a task
+    due = _DEADLINES.join(task)
+    try:
+        return await _receive_body(request)
+    except asyncio.CancelledError:
+        if not _DEADLINES.passed(task):
+            raise
+        # The rest of the body is never read, so the connection cannot carry another
+        # request: granian closes it after this answer.
+        raise Refused(
+            408, f"The body did not arrive within {BODY_TIMEOUT:g} s.", {"Connection": "close"}
+        ) from None
+    except ClientDisconnect:
+        # granian says "disconnect" for a body it could not parse as well as for a client
+        # that left: one whose connection is still up is waiting for an answer.
+        if still_connected(request.scope):
+            raise Refused(400, MALFORMED, {"Connection": "close"}) from None
+        raise
+    finally:
+        due.discard(task)
+        _reading -= 1
+
+
+async def _receive_body(request: Request) -> bytes:
+    """The ASGI body messages, as Starlette's `Request.stream` reads them but without its async
+    generator (most bodies are one message): at most `MAX_BODY` bytes."""
     chunks: list[bytes] = []
     size = 0
-    with _reader():
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > MAX_BODY:
-                        raise Refused(413, f"The body is over {MAX_BODY // 1024} KiB.")
-                    chunks.append(chunk)
-        except TimeoutError:
-            # The rest of the body is never read, so the connection cannot carry another
-            # request: granian closes it after this answer.
-            raise Refused(
-                408, f"The body did not arrive within {BODY_TIMEOUT:g} s.", {"Connection": "close"}
-            ) from None
-        except ClientDisconnect:
-            # granian says "disconnect" for a body it could not parse as well as for a client
-            # that left: one whose connection is still up is waiting for an answer.
-            if still_connected(request.scope):
-                raise Refused(400, MALFORMED, {"Connection": "close"}) from None
-            raise
-    return b"".join(chunks)
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise Refused(413, f"The body is over {MAX_BODY // 1024} KiB.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _media_type(request: Request) -> str:
