@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import unicodedata
+
 import pytest
 
 from guestbook.errors import InvalidCursor, InvalidMessage
@@ -16,6 +19,28 @@ def test_text_is_trimmed_and_crlf_becomes_lf() -> None:
 def test_control_characters_other_than_newline_and_tab_are_refused(char: str) -> None:
     with pytest.raises(InvalidMessage):
         clean_text(f"a{char}b", 500)
+
+
+def test_exactly_the_control_characters_and_lone_surrogates_are_refused_of_all_code_points() -> (
+    None
+):
+    """Every code point, against the rule in Unicode's own terms: category Cc other than
+    newline and tab is a control character, category Cs an unpaired surrogate."""
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        category = unicodedata.category(char)
+        try:
+            clean_text(f"a{char}b", 500)
+        except InvalidMessage as refused:
+            said = str(refused)
+        else:
+            said = ""
+        if category == "Cc" and char not in "\n\t":
+            assert f"control character (U+{code:04X})" in said, hex(code)
+        elif category == "Cs":
+            assert "unpaired surrogate" in said, hex(code)
+        else:
+            assert said == "", hex(code)
 
 
 def test_length_counts_characters_not_bytes() -> None:

@@ -52,6 +52,12 @@ class Message:
         return {"id": self.id, "text": self.text, "created_at": self.created_at}
 
 
+# What a message may not hold: Unicode's control characters (category Cc, which is exactly
+# U+0000-U+001F and U+007F-U+009F) but newline and tab, and lone surrogates (category Cs).
+# One search in C: asking each character's category cost a 450-character post 31 µs.
+_FORBIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def clean_text(raw: str, max_chars: int) -> str:
     """The text as it will be stored, or `InvalidMessage` saying what is wrong with it.
 
@@ -65,17 +71,15 @@ def clean_text(raw: str, max_chars: int) -> str:
         raise InvalidMessage(
             f"The message is {len(text)} characters long; the limit is {max_chars}."
         )
-    for char in text:
-        if char in "\n\t":
-            continue
-        category = unicodedata.category(char)
-        if category == "Cc":
-            raise InvalidMessage(
-                f"The message contains a control character (U+{ord(char):04X}); "
-                "only newline and tab are allowed."
-            )
-        if category == "Cs":
+    forbidden = _FORBIDDEN.search(text)
+    if forbidden is not None:
+        char = forbidden.group()
+        if unicodedata.category(char) == "Cs":
             raise InvalidMessage("The message contains an unpaired surrogate, which is not text.")
+        raise InvalidMessage(
+            f"The message contains a control character (U+{ord(char):04X}); "
+            "only newline and tab are allowed."
+        )
     return text
 
 
