@@ -34,6 +34,7 @@ PATHS = {
 }
 # What wrk sends.
 HEADERS = [(b"host", b"127.0.0.1:8080"), (b"user-agent", b"wrk"), (b"accept", b"*/*")]
+YIELD_EVERY = 1000
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
@@ -66,8 +67,13 @@ async def per_request(app: App, state: dict[str, Any], target: str, count: int) 
     rounds = []
     for _ in range(7):
         started = time.process_time()
-        for _ in range(count // 7):
+        for i in range(count // 7):
             await app(scope(), receive, send)
+            if i % YIELD_EVERY == 0:
+                # A read from memory never waits, so without this the loop would never run the
+                # feed, which would fall stale and send the reads to the store. A server's
+                # I/O gives the loop its turn between requests.
+                await asyncio.sleep(0)
         rounds.append(time.process_time() - started)
     return round(min(rounds) / (count // 7) * 1e6, 2)
 
