@@ -346,9 +346,9 @@ NOTES = [
     "though nothing is delivered later: with the posts' hand-packed batch, 1,000 clients "
     "measured p99 24 to 26.5 ms from the POST against 25 to 26 before (three pairs), and "
     "5 to 6 ms from the 201 against -1.4 before. With 10,000 clients it is slower: p99 169 "
-    "to 211 ms from the 201 against 140 to 177 before (five pairs). The likely cause, not "
-    "proven: the poster waits for each 201, so answered sooner it posts sooner into fan-outs "
-    "that already take longer than its 50 ms interval.",
+    "to 211 ms from the 201 against 140 to 177 before (five pairs), and a probed run showed "
+    "the POST itself slower under those fan-outs (121 ms against 104 on average) though its "
+    "store call was faster (6 against 12 ms): not explained yet.",
 ]
 
 
