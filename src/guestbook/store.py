@@ -121,20 +121,27 @@ PostStatus = Literal["published", "held"]
 Entry = tuple[str, dict[str, str]]
 
 
-# A post's script call, in RESP: `EVALSHA <sha>` (or `EVAL <body>`), the key count and the
-# six keys, then the eleven arguments. What is the same for every post is packed once; a post
-# packs only its own keys and arguments (`_QueuedPost.own`), between the two.
-_POST_PARTS = 3 + 6 + 11
-_POST_BY_DIGEST = resp.header(_POST_PARTS) + resp.bulk(
-    "EVALSHA", SUBMIT_SHA, "6", STREAM, HELD, AUDIT
-)
-_POST_WITH_BODY = resp.header(_POST_PARTS) + resp.bulk(
-    "EVAL", SUBMIT_SCRIPT, "6", STREAM, HELD, AUDIT
-)
-_POST_TAIL = resp.bulk(
+# A post's script call, in RESP: `EVALSHA <sha>` (or `EVAL <body>`), the key count, the keys
+# (the fixed ones, then the post's own), the post's own arguments, then the fixed ones. What is
+# the same for every post is packed once; `submit` packs the rest (`_QueuedPost.own`).
+_FIXED_KEYS = (STREAM, HELD, AUDIT)
+_FIXED_ARGS = (
     str(RATE_WINDOW_MS), str(DUPLICATE_WINDOW_MS), str(IDEMPOTENCY_TTL), str(AUDIT_MAXLEN),
     SYSTEM_ACTOR,
 )  # fmt: skip
+# What `submit` packs for each post: KEYS[4..6] and ARGV[1..6].
+_OWN_KEYS, _OWN_ARGS = 3, 6
+
+
+def _post_head(*call: str) -> bytes:
+    keys = len(_FIXED_KEYS) + _OWN_KEYS
+    parts = len(call) + 1 + keys + _OWN_ARGS + len(_FIXED_ARGS)
+    return resp.header(parts) + resp.bulk(*call, str(keys), *_FIXED_KEYS)
+
+
+_POST_BY_DIGEST = _post_head("EVALSHA", SUBMIT_SHA)
+_POST_WITH_BODY = _post_head("EVAL", SUBMIT_SCRIPT)
+_POST_TAIL = resp.bulk(*_FIXED_ARGS)
 
 
 @dataclass
@@ -682,7 +689,7 @@ class MessageStore:
         """
         if hold_reason is not None and hold_reason not in HOLD_REASONS:
             raise ValueError(f"unknown hold reason {hold_reason!r}")
-        # KEYS[4..6] and ARGV[1..6]; the other keys and arguments are the same for every post.
+        # `_OWN_KEYS` keys and `_OWN_ARGS` arguments; the others are the same for every post.
         own = resp.bulk(
             # Without a key the script never touches KEYS[4]; it is named, as every key is.
             idempotency_key_name(idempotency_key) if idempotency_key is not None else NO_KEY,
