@@ -24,6 +24,7 @@ from guestbook.keys import rate_key
 from guestbook.messages import id_key, iso_from_ms
 from guestbook.scripts import SUBMIT_SCRIPT
 from guestbook.store import MessageStore, PostResult
+from proxy import LosingProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -579,3 +580,36 @@ async def test_a_post_the_server_refuses_fails_alone_in_its_batch(lone: RedisSer
     assert isinstance(published, PostResult)
     assert published.status == "published"
     assert messages(lone)[1:] == [published.message.id]
+
+
+# --- an answer lost with its connection ----------------------------------------------------
+
+
+@pytest.fixture
+async def losing(lone: RedisServer) -> AsyncIterator[LosingProxy]:
+    proxy = await LosingProxy(lone.port).start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.mark.parametrize(
+    ("hold_reason", "status"), [(None, "published"), ("links", "held")], ids=["published", "held"]
+)
+async def test_a_post_whose_answer_was_lost_with_its_connection_is_answered_as_stored_once(
+    lone: RedisServer, losing: LosingProxy, hold_reason: str | None, status: str
+) -> None:
+    # The store sends the batch again on a fresh connection (its one retry): the leader runs
+    # the post a second time, and must know it for the same post, not a duplicate of it.
+    store = MessageStore(losing.url, timeout=2)
+    try:
+        warm_up = await store.submit("warm-up", CLIENT, rate_limit=2)  # the script known
+        losing.lose_next_reply_to(b"EVALSHA")
+        # The last slot of the client's minute: the post sent again must not be refused.
+        result = await store.submit("hello", CLIENT, hold_reason=hold_reason, rate_limit=2)
+    finally:
+        await store.close()
+    assert losing.lost == 1
+    assert (result.status, result.reason, result.replayed) == (status, hold_reason, False)
+    held = [entry_id for entry_id, _ in lone.client().xrange("guestbook:held")]
+    stored = [*messages(lone), *held]
+    assert stored == [warm_up.message.id, result.message.id]

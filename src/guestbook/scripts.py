@@ -50,16 +50,19 @@ return redis.call('XADD', KEYS[1], '*', 't', text, 'c', created)
 
 # One post, whole, in the order the checks must run (see `MessageStore.submit`):
 # 1. a post with this idempotency key was taken: answer what it was answered, store nothing;
-# 2. the client's sliding minute is full: refuse, saying in how many ms a slot frees;
-# 3. the same text from the same client within ten minutes is held as a duplicate (a caller's
+# 2. this very post ran already (its `attempt`, made once per post, is in the duplicate key):
+#    its answer was lost with the connection, and the store sent it again; answer the same;
+# 3. the client's sliding minute is full: refuse, saying in how many ms a slot frees;
+# 4. the same text from the same client within ten minutes is held as a duplicate (a caller's
 #    spam reason says more and is kept; pre-moderation would hold it anyway and says less);
-# 4. held: into the queue, with an audit entry; else appended to the stream.
+# 5. held: into the queue, with an audit entry; else appended to the stream. The duplicate key
+#    then keeps the attempt and the answer, for 2.
 # Time is the server's (TIME; scripts replicate their effects, so followers get the writes,
 # not the clock), so frontends with skewed clocks share one window. Numbers that become
 # stream fields or scores are built as strings: Lua's tostring would print a double.
 SUBMIT_SCRIPT = """
-local text, client, reason = ARGV[1], ARGV[2], ARGV[3]
-local limit, window = tonumber(ARGV[4]), tonumber(ARGV[7])
+local text, client, reason, attempt = ARGV[1], ARGV[2], ARGV[3], ARGV[7]
+local limit, window = tonumber(ARGV[4]), tonumber(ARGV[8])
 local idempotent = ARGV[5] == '1'
 if idempotent then
   local done = redis.call('HMGET', KEYS[4], 's', 'id', 'h', 'r', 'c')
@@ -69,6 +72,15 @@ if idempotent then
     -- that have everything up to now, the original post included, not some older write.
     redis.call('HINCRBY', KEYS[4], 'n', 1)
     return {done[1], done[2], done[4], '1', done[5]}
+  end
+end
+local seen = redis.call('GET', KEYS[6])
+if seen then
+  local ran, s, i, r, c = string.match(seen, '^(%S+) (%S+) (%S+) (%S*) (%S+)$')
+  if ran == attempt then
+    -- A write of its own, for WAIT, as above.
+    redis.call('PEXPIRE', KEYS[6], ARGV[9])
+    return {s, i, r, '0', c}
   end
 end
 local now = redis.call('TIME')
@@ -84,7 +96,6 @@ if limit > 0 then
     return {'rate', tostring(tonumber(due[2]) + window - now_ms)}
   end
 end
-local seen = redis.call('SET', KEYS[6], '1', 'PX', ARGV[8], 'GET')
 if seen and (reason == '' or reason == 'pre-moderation') then reason = 'duplicate' end
 local status, id
 if reason == '' then
@@ -94,9 +105,11 @@ else
   status = 'held'
   id = redis.call('XADD', KEYS[2], '*', 't', text, 'reason', reason, 'client', client,
     'c', created)
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*', 'action', 'hold', 'id', id,
-    'by', ARGV[11], 'reason', reason, 'text', text)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], '*', 'action', 'hold', 'id', id,
+    'by', ARGV[12], 'reason', reason, 'text', text)
 end
+local answered = table.concat({attempt, status, id, reason, created}, ' ')
+redis.call('SET', KEYS[6], answered, 'PX', ARGV[9])
 if limit > 0 then
   -- Prefixed: a held and a published post may get the same id string in the same ms.
   redis.call('ZADD', KEYS[5], created, status .. ':' .. id)
@@ -104,7 +117,7 @@ if limit > 0 then
 end
 if idempotent then
   redis.call('HSET', KEYS[4], 's', status, 'id', id, 'h', ARGV[6], 'r', reason, 'c', created)
-  redis.call('EXPIRE', KEYS[4], ARGV[9])
+  redis.call('EXPIRE', KEYS[4], ARGV[10])
 end
 return {status, id, reason, '0', created}
 """

@@ -44,6 +44,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from random import getrandbits
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote
 
@@ -129,8 +130,8 @@ _FIXED_ARGS = (
     str(RATE_WINDOW_MS), str(DUPLICATE_WINDOW_MS), str(IDEMPOTENCY_TTL), str(AUDIT_MAXLEN),
     SYSTEM_ACTOR,
 )  # fmt: skip
-# What `submit` packs for each post: KEYS[4..6] and ARGV[1..6].
-_OWN_KEYS, _OWN_ARGS = 3, 6
+# What `submit` packs for each post: KEYS[4..6] and ARGV[1..7].
+_OWN_KEYS, _OWN_ARGS = 3, 7
 
 
 def _post_head(*call: str) -> bytes:
@@ -701,6 +702,10 @@ class MessageStore:
             str(max(0, rate_limit)),
             "1" if idempotency_key is not None else "0",
             digest(text),
+            # This post's own mark, the same in every send of it: a batch sent again after its
+            # connection was lost mid-answer (`resp.exchange`'s retry) may have run already,
+            # and the script then answers what it answered instead of a duplicate of itself.
+            f"{getrandbits(64):016x}",
         )
         reply, acked = await self._post(own)
         kind = str(reply[0])
