@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -200,12 +201,14 @@ async def fast_messages(request: Request, state: AppState) -> Response | None:
     return await api_page(state, *query, wrote_cookie_of(request))
 
 
-def messages_in_memory(request: Request, state: AppState) -> Response | None:
+def messages_in_memory(
+    query_string: bytes, cookies: Mapping[str, str], state: AppState
+) -> Response | None:
     """`fast_messages` when memory can answer, with no await; else None."""
-    query = page_query_of(request.scope["query_string"])
+    query = page_query_of(query_string)
     if query is None:
         return None
-    return api_page_in_memory(state, *query, wrote_cookie_of(request))
+    return api_page_in_memory(state, *query, wrote_cookie(cookies))
 
 
 @router.post(

@@ -9,6 +9,7 @@ commas, as the old page expects (a comma inside a message cannot be told apart t
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
@@ -65,9 +66,11 @@ async def fast_get(request: Request, state: AppState) -> Response | None:
     return await legacy_list(state)
 
 
-def get_in_memory(request: Request, state: AppState) -> Response | None:
+def get_in_memory(
+    query_string: bytes, cookies: Mapping[str, str], state: AppState
+) -> Response | None:
     """`fast_get` when memory can answer, with no await; else None."""
-    if not _plain_get(request.scope["query_string"]):
+    if not _plain_get(query_string):
         return None
     return legacy_in_memory(state)
 

@@ -7,6 +7,7 @@ One pure-ASGI wrapper does all of it so that the read path pays for one layer, n
 from __future__ import annotations
 
 import time
+from contextvars import Token
 from random import getrandbits
 
 from starlette.datastructures import Headers
@@ -49,16 +50,20 @@ MAX_TARGET = 8 * 1024
 MAX_HEADERS = 8 * 1024
 
 
-def _read_head(scope: Scope) -> tuple[str, Refused | None]:
-    """The request's id, and its refusal when its address or headers are too large: one pass
-    over the headers, which every request pays for."""
+def _read_head(scope: Scope) -> tuple[str, Refused | None, bytes | None]:
+    """The request's id, its refusal when its address or headers are too large, and its raw
+    Cookie header (the first, as Starlette reads it): one pass over the headers, which every
+    request pays for."""
     given: bytes | None = None
+    cookie: bytes | None = None
     # Each header as sent: name, ": ", value, CRLF.
     size = 0
     for name, value in scope["headers"]:
         size += len(name) + len(value) + 4
         if name == b"x-request-id" and given is None:
             given = value
+        elif name == b"cookie" and cookie is None:
+            cookie = value
     if given is not None and 0 < len(given) <= MAX_REQUEST_ID and set(given) <= _ID_CHARS:
         rid = given.decode("ascii")
     else:
@@ -68,10 +73,11 @@ def _read_head(scope: Scope) -> tuple[str, Refused | None]:
         rid = f"{getrandbits(64):016x}"
     target = len(scope.get("raw_path") or scope["path"]) + len(scope.get("query_string", b""))
     if target > MAX_TARGET:
-        return rid, Refused(414, f"The address is over {MAX_TARGET // 1024} KiB.")
+        return rid, Refused(414, f"The address is over {MAX_TARGET // 1024} KiB."), cookie
     if size > MAX_HEADERS:
-        return rid, Refused(431, f"The request's headers are over {MAX_HEADERS // 1024} KiB.")
-    return rid, None
+        refused = Refused(431, f"The request's headers are over {MAX_HEADERS // 1024} KiB.")
+        return rid, refused, cookie
+    return rid, None, cookie
 
 
 def _plain(response: Response) -> bool:
@@ -84,10 +90,11 @@ class RequestMiddleware:
     """Security headers on every response; metrics and an access log line per request; the
     fast path asked first.
 
-    An answer of the fast path that is plain (`_plain`: most reads are one kept from memory)
-    is sent here as two messages with the headers added, which is the whole cost of a read
-    from memory beyond the server's own; anything else is sent through a wrapper of `send`
-    that adds them on its way."""
+    An answer kept in memory (most reads) is asked for first, with no `Request`, no await and
+    no context variable, and sent here as two messages with the headers added: that is the
+    whole cost of a read from memory beyond the server's own. Other plain answers of the fast
+    path (`_plain`) are sent the same way; anything else through a wrapper of `send` that
+    adds the headers on its way."""
 
     def __init__(self, app: ASGIApp, fast: FastPath, metrics: Metrics) -> None:
         self.app = app
@@ -109,13 +116,15 @@ class RequestMiddleware:
         head = method == "HEAD" and path not in NO_HEAD
         if head:
             scope = {**scope, "method": "GET"}
-        rid, oversized = _read_head(scope)
-        token = request_id.set(rid)
+        rid, oversized, cookie = _read_head(scope)
         added = [(b"x-request-id", rid.encode()), *(_DOCS_HEADERS if path == "/docs" else _HEADERS)]
         state = scope.get("state", {}).get("app")
         if state is not None and state.shutting_down.is_set():
             # Stopping: keep-alive clients should reconnect to another instance.
             added.append((b"connection", b"close"))
+        # Set only for what may log (the framework, a handler, an error): a read from memory
+        # logs nothing but its access line, which is given the id itself.
+        token: Token[str | None] | None = None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, started
@@ -130,7 +139,10 @@ class RequestMiddleware:
         try:
             if oversized is not None:
                 raise oversized
-            response = None if state is None else await self.fast.answer(scope, receive, state)
+            response = None if state is None else self.fast.from_memory(scope, cookie, state)
+            if response is None:
+                token = request_id.set(rid)
+                response = None if state is None else await self.fast.answer(scope, receive, state)
             if response is None:
                 await self.app(scope, receive, send_wrapper)
             elif _plain(response):
@@ -144,6 +156,8 @@ class RequestMiddleware:
         except Exception as exc:
             if started:
                 return  # answered already (FastAPI's own handler logged it)
+            if token is None:
+                token = request_id.set(rid)
             # Whatever escaped the fast path in front of the app is logged and answered the
             # way every error is: no trace or detail reaches the client.
             response = answer_error(exc, scope["method"], path, Headers(scope=scope))
@@ -156,4 +170,5 @@ class RequestMiddleware:
             if self.access.enabled:
                 client = scope.get("client")
                 self.access.write(method, path, status, duration, client[0] if client else "", rid)
-            request_id.reset(token)
+            if token is not None:
+                request_id.reset(token)

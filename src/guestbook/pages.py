@@ -7,6 +7,7 @@ follower): while the store cannot be read it shows the feed's last copy, saying 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -135,12 +136,13 @@ async def fast_page(request: Request, state: AppState) -> Response | None:
     return await page_response(state, before, wrote_cookie(cookies), held_ids(cookies))
 
 
-def page_in_memory(request: Request, state: AppState) -> Response | None:
+def page_in_memory(
+    query_string: bytes, cookies: Mapping[str, str], state: AppState
+) -> Response | None:
     """`fast_page`'s first page when memory can answer, with no await; else None (older
     pages, and a poster's held posts, which are read for them alone)."""
-    if _page_query(request.scope["query_string"]) != (None,):
+    if _page_query(query_string) != (None,):
         return None
-    cookies = cookies_of(request)
     if held_ids(cookies):
         return None
     return newest_in_memory(state, wrote_cookie(cookies))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from starlette.datastructures import QueryParams
-from starlette.requests import Request
+from starlette.requests import Request, cookie_parser
 from starlette.responses import Response
 
 from .messages import DEFAULT_PAGE, MAX_PAGE, Message, is_id
@@ -56,6 +56,12 @@ def cookies_of(request: Request) -> Mapping[str, str]:
         if name == b"cookie":
             return request.cookies
     return _NO_COOKIES
+
+
+def cookies_in(header: bytes | None) -> Mapping[str, str]:
+    """The cookies of a raw `Cookie` header (the request's first, as Starlette reads it), or
+    none without one."""
+    return _NO_COOKIES if header is None else cookie_parser(header.decode("latin-1"))
 
 
 def wrote_cookie_of(request: Request) -> str | None:
