@@ -3,8 +3,9 @@
 Starts, on loopback only: a Valkey server (the binary the project ships with) and one
 `guestbook serve` on it. Opens --clients Server-Sent Events streams (`/api/messages/stream`)
 from this process (asyncio, plain sockets), then posts --messages messages through the JSON API,
-one every --interval seconds. For every message and every client it records the time from
-sending the POST to that client reading the event, and reports p50, p99 and the maximum, plus
+each --interval seconds after the last one was answered. For every message and every client it
+records the time from sending the POST to that client reading the event, and reports p50, p99
+and the maximum, the rate the posts went at, plus
 the frontend's resident memory (RSS) idle and with all clients connected. Where the machine has
 two cores the frontend runs on one and this process on the other.
 
@@ -124,6 +125,7 @@ async def drive(args: argparse.Namespace, port: int, server_pid: int) -> dict[st
         for c in clients:
             c.close()
 
+    started_at = list(sent.values())
     from_send = []
     from_ack = []
     missing = 0
@@ -145,6 +147,11 @@ async def drive(args: argparse.Namespace, port: int, server_pid: int) -> dict[st
         "deliveries": len(from_send),
         "missing": missing,
         "open_seconds": round(opened_in, 2),
+        # The poster waits for each answer, then --interval: a frontend that answers sooner
+        # is sent its posts more often, so the rate achieved goes with the latencies.
+        "posts_per_second": round((len(sent) - 1) / (max(started_at) - min(started_at)), 1)
+        if len(sent) > 1
+        else None,
         "latency_ms_from_post": {
             "p50": round(pct(from_send, 0.5), 1),
             "p99": round(pct(from_send, 0.99), 1),
