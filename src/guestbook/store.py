@@ -701,7 +701,8 @@ class MessageStore:
             hold_reason or "",
             str(max(0, rate_limit)),
             "1" if idempotency_key is not None else "0",
-            digest(text),
+            # What a retry with the key is compared by; the script reads it only with a key.
+            digest(text) if idempotency_key is not None else "",
             # This post's own mark, the same in every send of it: a batch sent again after its
             # connection was lost mid-answer (`resp.exchange`'s retry) may have run already,
             # and the script then answers what it answered instead of a duplicate of itself.
