@@ -395,7 +395,9 @@ def write(results: dict[str, Any], out: Path) -> None:
         "uv run --group bench python bench/run.py",
         "```",
         "",
-        f"This run: `{results['command']}`, {results['started']}, {results['cores']} cores, "
+        f"This run: `{results['command']}`, {results['started']}"
+        + (f", code at `{results['commit']}`" if results.get("commit") else "")
+        + f", {results['cores']} cores, "
         f"load average {results['load_before']:.2f} before and {results['load_after']:.2f} "
         f"after; load generator **{results['generator']}**, 1 thread, "
         f"{results['connections']} connections, {results['seconds']} s per figure. Servers on "

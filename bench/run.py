@@ -327,6 +327,27 @@ def memory_floor(clients: int) -> dict[str, Any]:
     return result
 
 
+def _commit() -> str | None:
+    """The commit measured (with "+" when the tree has changes beside it), or None outside a
+    git checkout: a committed run says which code its figures are of."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if changed else "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,10000,1000000,10000000",
@@ -348,6 +369,7 @@ def main() -> int:
         "quick": args.quick,
         "command": " ".join(["uv run --group bench python bench/run.py", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": _commit(),
     }
     print(f"load generator: {results['generator']}", flush=True)
     results["baselines"] = hello(args, post=True)
