@@ -6,6 +6,10 @@ and the read add to what the server itself costs.
 
     uv run python bench/in_process.py                 # first page (API), page, legacy get
     uv run python bench/in_process.py --json
+    uv run python bench/in_process.py --posts         # and the CPU a post costs this process
+
+Posts are made by 32 writers at once, as a server's connections make them (so they share
+batches), each with a text of its own; the store's own work is in Valkey's process, not here.
 """
 
 from __future__ import annotations
@@ -78,7 +82,50 @@ async def per_request(app: App, state: dict[str, Any], target: str, count: int) 
     return round(min(rounds) / (count // 7) * 1e6, 2)
 
 
-async def measure(count: int) -> dict[str, float]:
+WRITERS = 32
+
+
+async def per_post(app: App, state: dict[str, Any], count: int) -> float:
+    """CPU microseconds this process spends a post (`POST /api/messages`, every one answered
+    201), the best of three rounds of `count // 3`."""
+    headers = [*HEADERS, (b"content-type", b"application/json")]
+    answered: dict[int, int] = {}
+
+    async def one(n: int) -> None:
+        body = b'{"text":"bench post %d"}' % n
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answered[message["status"]] = answered.get(message["status"], 0) + 1
+
+        await app({
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/api/messages", "raw_path": b"/api/messages",
+            "query_string": b"", "root_path": "",
+            "headers": [*headers, (b"content-length", b"%d" % len(body))],
+            "client": (HOST, 50000), "server": (HOST, 8080), "state": state,
+        }, receive, send)  # fmt: skip
+
+    async def writer(first: int, step: int, end: int) -> None:
+        for n in range(first, end, step):
+            await one(n)
+
+    rounds = []
+    per_round = count // 3
+    for r in range(3):
+        base = r * per_round
+        started = time.process_time()
+        await asyncio.gather(*(writer(base + w, WRITERS, base + per_round) for w in range(WRITERS)))
+        rounds.append(time.process_time() - started)
+    if set(answered) != {201}:
+        raise SystemExit(f"posts answered {answered}, not all 201")
+    return round(min(rounds) / per_round * 1e6, 1)
+
+
+async def measure(count: int, posts: int = 0) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as data:
         store, port = start_valkey(Path(data))
         try:
@@ -103,6 +150,8 @@ async def measure(count: int) -> dict[str, float]:
                 out = {"bare ASGI hello-world": await per_request(hello, state, "/", count)}
                 for name, target in PATHS.items():
                     out[name] = await per_request(app, state, target, count)
+                if posts:
+                    out["post (API)"] = await per_post(app, state, posts)
                 return out
         finally:
             store.terminate()
@@ -113,8 +162,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=140_000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--posts", type=int, nargs="?", const=30_000, default=0, help="posts to time (30,000)"
+    )
     args = parser.parse_args()
-    result = asyncio.run(measure(args.requests))
+    result = asyncio.run(measure(args.requests, args.posts))
     if args.json:
         print(json.dumps(result))
     else:
