@@ -48,9 +48,21 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"Hello, world!"})
 
 
+def _scope(
+    method: str, target: str, headers: list[tuple[bytes, bytes]], state: dict[str, Any]
+) -> dict[str, Any]:
+    """An HTTP scope as granian builds one, with the lifespan's state."""
+    path, _, query = target.partition("?")
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(),
+        "query_string": query.encode(), "root_path": "", "headers": headers,
+        "client": (HOST, 50000), "server": (HOST, 8080), "state": state,
+    }  # fmt: skip
+
+
 async def per_request(app: App, state: dict[str, Any], target: str, count: int) -> float:
     """CPU microseconds per request, the best of seven rounds of `count // 7`."""
-    path, _, query = target.partition("?")
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -59,12 +71,7 @@ async def per_request(app: App, state: dict[str, Any], target: str, count: int) 
         pass
 
     def scope() -> dict[str, Any]:
-        return {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-            "scheme": "http", "path": path, "raw_path": path.encode(),
-            "query_string": query.encode(), "root_path": "", "headers": list(HEADERS),
-            "client": (HOST, 50000), "server": (HOST, 8080), "state": state,
-        }  # fmt: skip
+        return _scope("GET", target, list(HEADERS), state)
 
     for _ in range(2000):
         await app(scope(), receive, send)
@@ -101,13 +108,8 @@ async def per_post(app: App, state: dict[str, Any], count: int) -> float:
             if message["type"] == "http.response.start":
                 answered[message["status"]] = answered.get(message["status"], 0) + 1
 
-        await app({
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-            "scheme": "http", "path": "/api/messages", "raw_path": b"/api/messages",
-            "query_string": b"", "root_path": "",
-            "headers": [*headers, (b"content-length", b"%d" % len(body))],
-            "client": (HOST, 50000), "server": (HOST, 8080), "state": state,
-        }, receive, send)  # fmt: skip
+        length = (b"content-length", b"%d" % len(body))
+        await app(_scope("POST", "/api/messages", [*headers, length], state), receive, send)
 
     async def writer(first: int, step: int, end: int) -> None:
         for n in range(first, end, step):

@@ -142,7 +142,8 @@ class RequestMiddleware:
             response = None if state is None else self.fast.from_memory(scope, cookie, state)
             if response is None:
                 token = request_id.set(rid)
-                response = None if state is None else await self.fast.answer(scope, receive, state)
+                if state is not None:
+                    response = await self.fast.answer(scope, receive, state)
             if response is None:
                 await self.app(scope, receive, send_wrapper)
             elif _plain(response):
